@@ -1,0 +1,77 @@
+//! The audit log.
+//!
+//! Owns: turning security-relevant events into records of one totally ordered, SHA-256
+//! hash-chained log; making each record durable before the request that caused it is
+//! answered; verifying the chain; forwarding records to sinks.
+//!
+//! Must never: drop a record silently, rewrite a stored record, or store a secret value.
+
+use std::sync::Mutex;
+
+/// A security-relevant event, before it is chained. Fields that do not apply stay `None`.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    /// Event type: `execution_start`, `execution_complete`, `execution_error`,
+    /// `execution_timeout`, `capability_use`, `capability_violation`, `resource_limit`,
+    /// `admin_action`, …
+    pub event: String,
+    /// Request ID of the execution or admin request that caused it.
+    pub request_id: Option<String>,
+    /// Controller name.
+    pub controller: Option<String>,
+    /// Controller version.
+    pub version: Option<String>,
+    /// Authenticated identity, for admin actions and executions.
+    pub actor: Option<String>,
+    /// Capability (`db:read`, `http:egress`, …) for capability events.
+    pub capability: Option<String>,
+    /// Target: table, host, secret key, queue, cache key, or the admin action's object.
+    pub target: Option<String>,
+    /// `allowed`, `denied`, `ok`, `error`, an error code, …
+    pub outcome: Option<String>,
+    /// Anything else worth keeping (never a secret value).
+    pub details: serde_json::Value,
+}
+
+/// Audit failures.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The store refused or could not be reached.
+    #[error("audit store error: {0}")]
+    Store(String),
+    /// The log is shut down.
+    #[error("audit log is closed")]
+    Closed,
+}
+
+/// Where audit events go. Appending returns once the record is safe as the log's durability
+/// mode promises (handed to the OS, or fsynced).
+#[async_trait::async_trait]
+pub trait AuditSink: Send + Sync + 'static {
+    /// Append one event.
+    async fn append(&self, event: AuditEvent) -> Result<(), AuditError>;
+}
+
+/// An in-memory sink that keeps every event (tests and tools).
+#[derive(Debug, Default)]
+pub struct MemoryAuditSink {
+    events: Mutex<Vec<AuditEvent>>,
+}
+
+impl MemoryAuditSink {
+    /// A copy of every event appended so far.
+    pub fn events(&self) -> Vec<AuditEvent> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditSink for MemoryAuditSink {
+    async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.events
+            .lock()
+            .map_err(|_| AuditError::Closed)?
+            .push(event);
+        Ok(())
+    }
+}

@@ -1,0 +1,3 @@
+//! `magic`: the Magic Runtime command line.
+
+fn main() {}

@@ -1,0 +1,180 @@
+//! Controller contracts.
+//!
+//! Owns: the `contract.yaml` format (name, semver version, JSON-Schema input/output, the
+//! capability matrix with its options, resources with defaults and maxima), compiling the
+//! schemas once per deploy, validating inputs and outputs against them, and checking a
+//! controller package (the folder a user deploys). Also owns [`ErrorCode`], the public error
+//! codes every other crate reports.
+//!
+//! Must never: perform I/O other than reading the package it is asked to check (and running
+//! `python3` to parse `controller.py`), or accept a contract with unknown keys.
+
+mod codes;
+
+pub use codes::ErrorCode;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Default execution timeout (seed: 30s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Maximum execution timeout (seed: 300s).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default CPU share in cores (seed: 0.5).
+pub const DEFAULT_CPU: f64 = 0.5;
+/// Maximum CPU share in cores (seed: 2.0).
+pub const MAX_CPU: f64 = 2.0;
+/// Default memory limit in bytes (seed: 256Mi).
+pub const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
+/// Maximum memory limit in bytes (seed: 2Gi).
+pub const MAX_MEMORY: u64 = 2 * 1024 * 1024 * 1024;
+/// Maximum `fs:temp` size in bytes (seed: 100M).
+pub const MAX_TEMP_SIZE: u64 = 100 * 1000 * 1000;
+
+/// A parsed, validated contract. Immutable once built.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contract {
+    /// Controller name, `^[A-Za-z][A-Za-z0-9_]{0,63}$`.
+    pub name: String,
+    /// Semantic version of this controller version.
+    pub version: semver::Version,
+    /// JSON Schema (draft 2020-12) of the input.
+    pub input: serde_json::Value,
+    /// JSON Schema (draft 2020-12) of the output.
+    pub output: serde_json::Value,
+    /// Declared capabilities, in declaration order. Anything not here is denied.
+    pub capabilities: Vec<Capability>,
+    /// Resource limits, defaults filled in.
+    pub resources: Resources,
+}
+
+/// One declared capability with its options (the seed's capability matrix).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Capability {
+    /// `db:read: { tables: [...] }`
+    DbRead {
+        /// Tables the controller may read.
+        tables: Vec<String>,
+    },
+    /// `db:write: { tables: [...] }`
+    DbWrite {
+        /// Tables the controller may insert into, update and delete from.
+        tables: Vec<String>,
+    },
+    /// `db:rawsql` (bare): raw parameterized SQL, subject to policy approval.
+    DbRawSql,
+    /// `http:egress: { allow: [...], allow_ips: [...], resolve: {host: [ip]} }`
+    HttpEgress(EgressGrant),
+    /// `secrets:read: { keys: [...] }`
+    SecretsRead {
+        /// Secret names the controller may read.
+        keys: Vec<String>,
+    },
+    /// `queue:publish: { queues: [...] }`
+    QueuePublish {
+        /// Queues the controller may publish to.
+        queues: Vec<String>,
+    },
+    /// `queue:subscribe: { queues: [...] }`
+    QueueSubscribe {
+        /// Queues the controller may receive from.
+        queues: Vec<String>,
+    },
+    /// `cache:read: { prefix: "..." }`
+    CacheRead {
+        /// Key prefix the controller may read under.
+        prefix: String,
+    },
+    /// `cache:write: { prefix: "...", max_ttl: 1h }`
+    CacheWrite {
+        /// Key prefix the controller may write under.
+        prefix: String,
+        /// Largest TTL a write may ask for.
+        max_ttl: Duration,
+    },
+    /// `fs:temp: { size: 50M }`
+    FsTemp {
+        /// Size of the private temp filesystem in bytes.
+        size: u64,
+    },
+}
+
+/// Options of `http:egress`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EgressGrant {
+    /// Allow entries: `host`, `*.host`, optionally `scheme://` prefix and `:port` suffix.
+    pub allow: Vec<String>,
+    /// Private/reserved addresses or CIDRs explicitly allowed (`allow_ips: ["10.0.0.5", "10.1.0.0/16"]`).
+    pub allow_ips: Vec<String>,
+    /// Static host → addresses mappings used when `EGRESS_RESOLVE_MODE=static` (`resolve:`).
+    pub resolve: BTreeMap<String, Vec<IpAddr>>,
+}
+
+/// Resource limits of one execution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resources {
+    /// Wall-clock timeout; the execution is killed after it.
+    pub timeout: Duration,
+    /// CPU share in cores.
+    pub cpu: f64,
+    /// Memory limit in bytes.
+    pub memory: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            timeout: DEFAULT_TIMEOUT,
+            cpu: DEFAULT_CPU,
+            memory: DEFAULT_MEMORY,
+        }
+    }
+}
+
+/// One problem found while checking a contract or package.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// File the problem is in, relative to the package (`contract.yaml`, `controller.py`).
+    pub file: String,
+    /// Dotted field path (`resources.timeout`, `capabilities[2].db:read.tables`), or `""`.
+    pub field: String,
+    /// What is wrong, in words a controller author can act on.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.field, self.reason)
+        }
+    }
+}
+
+/// Every problem found in a contract or package (never just the first).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", display_problems(.0))]
+pub struct ContractErrors(pub Vec<Problem>);
+
+fn display_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ContractErrors {
+    /// The error code these problems are reported with (E1004).
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::ContractInvalid
+    }
+}
+
+mod package;
+mod parse;
+
+pub use package::{check_package, read_package_dir, Package, PackageKind, MAX_PACKAGE_BYTES};
+pub use parse::{is_valid_name, parse_contract, CompiledContract, SchemaViolation};

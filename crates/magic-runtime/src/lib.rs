@@ -1,0 +1,1 @@
+//! The Magic Runtime server library.

@@ -1,0 +1,1 @@
+//! `magikrun`: OCI runtime abstraction layer (see `crates/magikrun/README.md`).
