@@ -1,3 +1,446 @@
 //! `magic`: the Magic Runtime command line.
+//!
+//! `serve` runs the runtime; `validate` and `init` work offline; every other command talks to
+//! a running server (`MAGIC_URL`, `MAGIC_API_KEY`). Every failure ends with a one-line reason
+//! on stderr and a non-zero exit: 1 for a failed operation, 2 for a usage error.
 
-fn main() {}
+mod client;
+mod scaffold;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Parser, Subcommand};
+use magic_runtime::config::{ExecutionMode, ServeConfig, DEFAULT_LISTEN};
+
+use crate::client::Client;
+
+/// Magic Runtime: run contract-bound controllers in sandboxes, with every outside access
+/// brokered and audited.
+#[derive(Debug, Parser)]
+#[command(name = "magic", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a client command finds the server.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// Runtime URL.
+    #[arg(
+        long,
+        env = "MAGIC_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// API key (default: the key the local server generated in `MAGIC_DATA_DIR/admin.key`).
+    #[arg(long, env = "MAGIC_API_KEY", hide_env_values = true, global = true)]
+    api_key: Option<String>,
+    /// Data dir of a local server, to find its generated admin key.
+    #[arg(
+        long,
+        env = "MAGIC_DATA_DIR",
+        default_value = "./.magic",
+        global = true
+    )]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the runtime (HTTP API, metrics) on embedded defaults unless configured otherwise.
+    Serve(ServeArgs),
+    /// Check a controller folder offline: exit 0 valid, 1 invalid (every problem listed).
+    Validate {
+        /// The controller folder (contract.yaml + controller.py).
+        dir: PathBuf,
+    },
+    /// Create a controller folder that validates and deploys as it is.
+    Init {
+        /// Controller name (`^[A-Za-z][A-Za-z0-9_]{0,63}$`).
+        name: String,
+        /// Folder to create (default: the name in snake_case).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Upload a controller folder and make it the active version once it is ready.
+    Deploy {
+        /// The controller folder.
+        dir: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List deployed controllers.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every version of a controller and which one is active.
+    Status {
+        /// Controller name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an earlier version active.
+    Rollback {
+        /// Controller name.
+        name: String,
+        /// Version to make active (`1.0.0` or `v1.0.0`).
+        #[arg(long = "to")]
+        to: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Write deployed controllers to a folder (OUTPUT/NAME/VERSION/...).
+    Export {
+        /// Export every version of every controller.
+        #[arg(long)]
+        all: bool,
+        /// Export only this controller (every version).
+        name: Option<String>,
+        /// Folder to write to.
+        #[arg(long)]
+        output: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Execute a controller and print the response.
+    Execute {
+        /// Controller name.
+        name: String,
+        /// Input JSON, or @FILE to read it from a file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Run this version instead of the active one.
+        #[arg(long)]
+        version: Option<String>,
+        /// Request ID to send as X-Request-ID.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MAGIC_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Data dir: SQLite state, packages, generated keys.
+    #[arg(long, env = "MAGIC_DATA_DIR", default_value = "./.magic")]
+    data_dir: PathBuf,
+    /// Runtime store (default: SQLite in the data dir; postgres://… in production).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Redis for cache and queue (default: in-process cache, SQLite queue).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Executions in flight per controller.
+    #[arg(long, env = "CONTROLLER_MAX_CONCURRENT", default_value_t = magic_runtime::config::DEFAULT_MAX_CONCURRENT)]
+    max_concurrent: usize,
+    /// Isolation mode: `inline` (development, not isolated) until process mode lands.
+    #[arg(long, env = "CONTROLLER_EXECUTION_MODE", default_value = "inline")]
+    execution_mode: String,
+    /// Largest execute request body in bytes.
+    #[arg(long, env = "MAGIC_MAX_BODY_BYTES", default_value_t = magic_runtime::config::DEFAULT_MAX_BODY)]
+    max_body_bytes: usize,
+    /// Python interpreter for controllers (default: python3 on PATH).
+    #[arg(long, env = "MAGIC_PYTHON")]
+    python: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let reason = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {reason}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Validate { dir } => Ok(validate(&dir)),
+        Command::Init { name, dir } => {
+            let dir = scaffold::init(&name, dir)?;
+            println!("created {} — try: magic validate {0}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy { dir, remote } => {
+            let files = magic_contract::read_package_dir(&dir).map_err(|e| {
+                anyhow!(
+                    "{} cannot be deployed: {}",
+                    dir.display(),
+                    e.to_string().replace('\n', "; ")
+                )
+            })?;
+            let outcome = Client::new(&remote)?.deploy(&files).await?;
+            let verb = if outcome["result"] == "unchanged" {
+                "already deployed"
+            } else {
+                "deployed"
+            };
+            println!(
+                "{verb} {} {} ({})",
+                outcome["name"].as_str().unwrap_or_default(),
+                outcome["version"].as_str().unwrap_or_default(),
+                outcome["digest"].as_str().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List { remote, json } => {
+            let list = Client::new(&remote)?.get("/api/admin/controllers").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print_list(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { name, remote, json } => {
+            let status = Client::new(&remote)?
+                .get(&format!(
+                    "/api/admin/controllers/{}",
+                    client::segment(&name)
+                ))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollback { name, to, remote } => {
+            let r = Client::new(&remote)?
+                .post_json(
+                    &format!("/api/admin/controllers/{}/rollback", client::segment(&name)),
+                    &serde_json::json!({ "version": to }),
+                )
+                .await?;
+            println!(
+                "{name}: active version is now {} (was {})",
+                r["active_version"].as_str().unwrap_or_default(),
+                r["previous_version"].as_str().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export {
+            all,
+            name,
+            output,
+            remote,
+        } => {
+            if all == name.is_some() {
+                bail!("give either --all or one controller NAME");
+            }
+            let client = Client::new(&remote)?;
+            let written = client.export(name.as_deref(), &output).await?;
+            println!("exported {written} version(s) to {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Execute {
+            name,
+            input,
+            version,
+            request_id,
+            remote,
+        } => {
+            let input = read_input(&input)?;
+            let client = Client::new(&remote)?;
+            let response = client
+                .execute(&name, &input, version.as_deref(), request_id.as_deref())
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&response)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn read_input(arg: &str) -> anyhow::Result<serde_json::Value> {
+    let text = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => arg.to_string(),
+    };
+    serde_json::from_str(&text).context("--input is not valid JSON")
+}
+
+fn validate(dir: &std::path::Path) -> ExitCode {
+    let checked = magic_contract::read_package_dir(dir).and_then(magic_contract::check_package);
+    match checked {
+        Ok(package) => {
+            let c = package.contract.contract();
+            let caps = magic_runtime::registry::capability_names(c);
+            println!(
+                "{}: {} {} is valid ({} capabilit{}{})",
+                dir.display(),
+                c.name,
+                c.version,
+                caps.len(),
+                if caps.len() == 1 { "y" } else { "ies" },
+                if caps.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", caps.join(", "))
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for problem in &errors.0 {
+                println!("{problem}");
+            }
+            eprintln!(
+                "error: {} is invalid: {} problem{}",
+                dir.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_list(list: &serde_json::Value) {
+    let rows = list.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("no controllers deployed");
+        return;
+    }
+    println!(
+        "{:<32} {:<12} {:>8}  CAPABILITIES",
+        "NAME", "ACTIVE", "VERSIONS"
+    );
+    for r in rows {
+        let caps: Vec<&str> = r["capabilities"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<32} {:<12} {:>8}  {}",
+            r["name"].as_str().unwrap_or_default(),
+            r["active_version"].as_str().unwrap_or_default(),
+            r["versions"],
+            if caps.is_empty() {
+                "-".to_string()
+            } else {
+                caps.join(", ")
+            }
+        );
+    }
+}
+
+fn print_status(status: &serde_json::Value) {
+    println!(
+        "{} (active: {})",
+        status["name"].as_str().unwrap_or_default(),
+        status["active_version"].as_str().unwrap_or_default()
+    );
+    println!(
+        "  {:<2}{:<12} {:<28} {:<16} CAPABILITIES",
+        "", "VERSION", "DEPLOYED", "BY"
+    );
+    for v in status["versions"].as_array().cloned().unwrap_or_default() {
+        let caps: Vec<&str> = v["capabilities"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+            .unwrap_or_default();
+        println!(
+            "  {:<2}{:<12} {:<28} {:<16} {}",
+            if v["active"] == true { "*" } else { "" },
+            v["version"].as_str().unwrap_or_default(),
+            v["deployed_at"].as_str().unwrap_or_default(),
+            v["deployed_by"].as_str().unwrap_or_default(),
+            if caps.is_empty() {
+                "-".to_string()
+            } else {
+                caps.join(", ")
+            }
+        );
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    magic_runtime::logging::init();
+    let execution_mode = ExecutionMode::parse(&args.execution_mode)?;
+    let mut config = ServeConfig::new(args.data_dir);
+    config.listen = args.listen;
+    config.database_url = args.database_url.filter(|s| !s.is_empty());
+    config.redis_url = args.redis_url.filter(|s| !s.is_empty());
+    config.admin_api_key = std::env::var("MAGIC_ADMIN_API_KEY")
+        .ok()
+        .filter(|s| !s.is_empty());
+    config.max_concurrent = args.max_concurrent;
+    config.execution_mode = execution_mode;
+    config.max_body_bytes = args.max_body_bytes;
+    config.python = args.python;
+    let data_dir = config.data_dir.clone();
+    let store_desc = match &config.database_url {
+        Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),
+        Some(url) => url.clone(),
+        None => format!("SQLite in {}", data_dir.display()),
+    };
+    magic_runtime::serve(
+        config,
+        |addr, rt| {
+            tracing::warn!(
+                event = "isolation_warning",
+                "CONTROLLER_EXECUTION_MODE=inline: executions run as plain child processes and are NOT isolated; use it for development only"
+            );
+            tracing::info!(event = "listening", address = %addr, store = %store_desc, "magic runtime listening on http://{addr}");
+            if let Some(file) = &rt.admin_key_file {
+                tracing::info!(event = "admin_key", path = %file.display(), "admin API key is in {} (the CLI reads it from there; set MAGIC_ADMIN_API_KEY to choose your own)", file.display());
+            }
+            // Also a plain line for people starting it by hand.
+            eprintln!("magic: listening on http://{addr} (data dir {})", data_dir.display());
+        },
+        shutdown_signal(),
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!(
+        event = "shutdown",
+        "shutting down: finishing in-flight requests"
+    );
+}

@@ -15,6 +15,10 @@ pub enum ErrorCode {
     /// E1004: contract invalid.
     #[serde(rename = "E1004")]
     ContractInvalid,
+    /// E1005: this name and version is already deployed with different content (versions are
+    /// immutable).
+    #[serde(rename = "E1005")]
+    VersionConflict,
     /// E2001: capability not declared in the contract.
     #[serde(rename = "E2001")]
     CapabilityNotDeclared,
@@ -70,11 +74,12 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::ControllerNotFound,
         ErrorCode::InputInvalid,
         ErrorCode::OutputInvalid,
         ErrorCode::ContractInvalid,
+        ErrorCode::VersionConflict,
         ErrorCode::CapabilityNotDeclared,
         ErrorCode::EgressNotAllowed,
         ErrorCode::SecretNotAllowed,
@@ -101,6 +106,7 @@ impl ErrorCode {
             ErrorCode::InputInvalid => "E1002",
             ErrorCode::OutputInvalid => "E1003",
             ErrorCode::ContractInvalid => "E1004",
+            ErrorCode::VersionConflict => "E1005",
             ErrorCode::CapabilityNotDeclared => "E2001",
             ErrorCode::EgressNotAllowed => "E2002",
             ErrorCode::SecretNotAllowed => "E2003",
@@ -132,6 +138,7 @@ impl ErrorCode {
             ErrorCode::ControllerNotFound => 404,
             ErrorCode::InputInvalid | ErrorCode::ContractInvalid => 400,
             ErrorCode::OutputInvalid => 502,
+            ErrorCode::VersionConflict => 409,
             ErrorCode::CapabilityNotDeclared
             | ErrorCode::EgressNotAllowed
             | ErrorCode::SecretNotAllowed

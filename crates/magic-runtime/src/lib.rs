@@ -1,1 +1,235 @@
 //! The Magic Runtime server library.
+//!
+//! Owns: assembling the runtime from its parts (store, registry, keys, broker, audit,
+//! metrics, executor) and serving the HTTP API. The request path is
+//! [`api`] → [`registry`] (pick the version) → contract validation → [`executor`] (worker +
+//! broker) → output validation → response; nothing on it only forwards.
+//!
+//! Must never: start serving before migrations are applied, or run in a mode that isolates
+//! less than it says.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod registry;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use magic_audit::{AuditEvent, AuditSink};
+use magic_broker::CapabilityBroker;
+use magic_contract::ErrorCode;
+use magic_store::Store;
+
+use crate::auth::KeyStore;
+use crate::config::ServeConfig;
+use crate::error::ApiError;
+use crate::executor::Executor;
+use crate::metrics::Metrics;
+use crate::registry::{DeployedVersion, Registry};
+
+mod sdk {
+    include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] magic_store::StoreError),
+    /// The key store could not be prepared.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// A registry failure.
+    #[error("registry: {0}")]
+    Registry(ApiError),
+    /// Python could not be found or is too old.
+    #[error("python: {0}")]
+    Python(String),
+    /// Files in the data dir could not be written.
+    #[error("data dir: {0}")]
+    DataDir(std::io::Error),
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The assembled runtime, shared by every request.
+pub struct Runtime {
+    /// Settings it runs with.
+    pub config: ServeConfig,
+    /// The state store.
+    pub store: Store,
+    /// Controllers and versions.
+    pub registry: Registry,
+    /// API keys.
+    pub keys: KeyStore,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Runs executions.
+    pub executor: Executor,
+    /// Where audit events go.
+    pub audit: Arc<dyn AuditSink>,
+    /// Where the bootstrap admin key was written, when it was generated.
+    pub admin_key_file: Option<PathBuf>,
+}
+
+/// Build an audit event for the request `request_id`.
+pub fn audit_event(
+    event: &str,
+    request_id: &str,
+    version: Option<&DeployedVersion>,
+    actor: Option<&str>,
+) -> AuditEvent {
+    AuditEvent {
+        event: event.to_string(),
+        request_id: Some(request_id.to_string()),
+        controller: version.map(|v| v.name.clone()),
+        version: version.map(|v| v.version.to_string()),
+        actor: actor.map(str::to_string),
+        details: serde_json::json!({}),
+        ..AuditEvent::default()
+    }
+}
+
+/// Write the embedded SDK under `dir` (replacing an older copy).
+fn install_sdk(dir: &Path) -> std::io::Result<()> {
+    for (rel, contents) in sdk::SDK_FILES {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(*contents) {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, contents)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+    }
+    Ok(())
+}
+
+impl Runtime {
+    /// Open everything the runtime needs, in order: config check, store + migrations, keys,
+    /// registry (loads every deployed version), SDK, executor.
+    pub async fn start(config: ServeConfig) -> Result<Arc<Runtime>, StartError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(StartError::DataDir)?;
+        let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
+        let (keys, admin_key_file) = KeyStore::open(
+            store.clone(),
+            &config.data_dir,
+            config.admin_api_key.as_deref(),
+        )
+        .await?;
+        let registry = Registry::open(store.clone(), &config.data_dir, config.max_concurrent)
+            .await
+            .map_err(StartError::Registry)?;
+        let runtime_dir = config.data_dir.join("runtime");
+        let sdk_dir = runtime_dir.join("sdk");
+        install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
+        let temp_root = runtime_dir.join("tmp");
+        std::fs::create_dir_all(&temp_root).map_err(StartError::DataDir)?;
+        let python = executor::find_python(config.python.as_deref()).map_err(StartError::Python)?;
+        let metrics = Arc::new(Metrics::new()?);
+        let audit: Arc<dyn AuditSink> = Arc::new(magic_audit::MemoryAuditSink::default());
+        let broker = Arc::new(CapabilityBroker::new(audit.clone()));
+        let executor = Executor::new(python, sdk_dir, temp_root, broker, metrics.clone());
+        Ok(Arc::new(Runtime {
+            config,
+            store,
+            registry,
+            keys,
+            metrics,
+            executor,
+            audit,
+            admin_key_file,
+        }))
+    }
+
+    /// Append an audit event; the caller answers only after this returns.
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), ApiError> {
+        self.audit.append(event).await.map_err(|e| {
+            tracing::error!(error = %e, "audit append failed");
+            ApiError::new(
+                ErrorCode::BackendUnavailable,
+                "the audit log is unavailable",
+            )
+        })
+    }
+
+    /// Readiness checks: `(ready, {check: "ok" | reason})`.
+    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+        let mut ready = true;
+        let mut checks = serde_json::Map::new();
+        match self.store.ping().await {
+            Ok(()) => {
+                checks.insert("database".into(), "ok".into());
+            }
+            Err(e) => {
+                ready = false;
+                checks.insert("database".into(), format!("unreachable: {e}").into());
+            }
+        }
+        let mut migrated = true;
+        for (component, latest) in [
+            ("registry", registry::MIGRATIONS.len() as i64),
+            ("auth", auth::MIGRATIONS.len() as i64),
+        ] {
+            if !matches!(self.store.is_migrated(component, latest).await, Ok(true)) {
+                migrated = false;
+            }
+        }
+        checks.insert(
+            "migrations".into(),
+            if migrated { "ok" } else { "pending" }.into(),
+        );
+        ready &= migrated;
+        (ready, serde_json::Value::Object(checks))
+    }
+}
+
+/// Start the runtime and serve until `shutdown` resolves. Returns the bound address through
+/// `on_listening` before serving (useful with port 0).
+pub async fn serve(
+    config: ServeConfig,
+    on_listening: impl FnOnce(SocketAddr, &Runtime),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listen = config.listen;
+    let runtime = Runtime::start(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: listen,
+        source,
+    })?;
+    on_listening(addr, &runtime);
+    let app = api::router(runtime);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
+}

@@ -1,0 +1,265 @@
+//! The HTTP client the CLI's remote commands share: authentication, the error envelope turned
+//! into a one-line reason, and the multi-request operations (deploy upload, export).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context as _};
+use base64::Engine as _;
+
+use crate::Remote;
+
+/// A configured client.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+/// Percent-encode one path segment.
+pub fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client for `remote`; the key falls back to the local server's generated admin key.
+    pub fn new(remote: &Remote) -> anyhow::Result<Client> {
+        let key = match &remote.api_key {
+            Some(k) if !k.is_empty() => k.clone(),
+            _ => {
+                let file = remote.data_dir.join("admin.key");
+                std::fs::read_to_string(&file)
+                    .map(|k| k.trim().to_string())
+                    .map_err(|_| {
+                        anyhow!(
+                            "no API key: set MAGIC_API_KEY (or run this next to the server's data dir, {} not found)",
+                            file.display()
+                        )
+                    })?
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(330))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Client {
+            http,
+            base: remote.url.trim_end_matches('/').to_string(),
+            key,
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+        let response = req
+            .header("x-api-key", &self.key)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the runtime at {}: {}",
+                    self.base,
+                    root_cause(&e)
+                )
+            })?;
+        let status = response.status();
+        let text = response.text().await.context("reading the response")?;
+        let body: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            anyhow!(
+                "HTTP {status}: unexpected response: {}",
+                text.chars().take(200).collect::<String>()
+            )
+        })?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let err = &body["error"];
+        let mut line = format!(
+            "{} {} (HTTP {}, request {})",
+            err["code"].as_str().unwrap_or("?"),
+            err["message"].as_str().unwrap_or("request failed"),
+            status.as_u16(),
+            body["request_id"].as_str().unwrap_or("?")
+        );
+        if let Some(problems) = err["details"]["problems"].as_array() {
+            for p in problems {
+                line.push_str(&format!(
+                    "; {}: {}: {}",
+                    p["file"].as_str().unwrap_or(""),
+                    p["field"].as_str().unwrap_or(""),
+                    p["reason"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        if let Some(violations) = err["details"]["violations"].as_array() {
+            for v in violations.iter().take(5) {
+                line.push_str(&format!(
+                    "; at {:?}: {}",
+                    v["path"].as_str().unwrap_or(""),
+                    v["message"].as_str().unwrap_or("")
+                ));
+            }
+        }
+        bail!(line)
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// POST JSON to a path.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// Upload a package.
+    pub async fn deploy(
+        &self,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let files: BTreeMap<&str, String> = files
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    base64::engine::general_purpose::STANDARD.encode(v),
+                )
+            })
+            .collect();
+        self.post_json(
+            "/api/admin/controllers",
+            &serde_json::json!({ "files": files }),
+        )
+        .await
+    }
+
+    /// Execute a controller.
+    pub async fn execute(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+        version: Option<&str>,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut url = format!("{}/api/execute/{}", self.base, segment(name));
+        if let Some(v) = version {
+            url.push_str(&format!("?version={}", segment(v)));
+        }
+        let mut req = self.http.post(url).json(input);
+        if let Some(id) = request_id {
+            req = req.header("x-request-id", id);
+        }
+        self.send(req).await
+    }
+
+    /// Write every version of `only` (or of every controller) under `output/NAME/VERSION/`.
+    /// Returns how many versions were written.
+    pub async fn export(&self, only: Option<&str>, output: &Path) -> anyhow::Result<usize> {
+        let names: Vec<String> = match only {
+            Some(n) => vec![n.to_string()],
+            None => self
+                .get("/api/admin/controllers")
+                .await?
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect(),
+        };
+        let mut written = 0;
+        for name in names {
+            let status = self
+                .get(&format!("/api/admin/controllers/{}", segment(&name)))
+                .await?;
+            for v in status["versions"].as_array().cloned().unwrap_or_default() {
+                let version = v["version"].as_str().unwrap_or_default().to_string();
+                let package = self
+                    .get(&format!(
+                        "/api/admin/controllers/{}/versions/{}/package",
+                        segment(&name),
+                        segment(&version)
+                    ))
+                    .await?;
+                let dir = output.join(&name).join(&version);
+                write_package(&dir, &package["files"])?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Write exported files, refusing any path that would leave `dir` (the server is trusted, but
+/// a file system is not the place to find out it was not).
+fn write_package(dir: &Path, files: &serde_json::Value) -> anyhow::Result<()> {
+    let files = files
+        .as_object()
+        .ok_or_else(|| anyhow!("malformed package in export"))?;
+    for (rel, content) in files {
+        let parts: Vec<&str> = rel.split('/').collect();
+        if rel.starts_with('/')
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || *p == "." || *p == "..")
+        {
+            bail!("refusing to write exported file with path {rel:?}");
+        }
+        let path = parts.iter().fold(dir.to_path_buf(), |p, part| p.join(part));
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(content.as_str().unwrap_or_default())
+            .with_context(|| format!("decoding {rel}"))?;
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(segment("Invoice_Sync-1.0"), "Invoice_Sync-1.0");
+        assert_eq!(segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(segment(".."), "..");
+    }
+
+    #[test]
+    fn export_refuses_paths_that_leave_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["../x", "/etc/x", "a//b", "a/./b", "a/../../b"] {
+            let files = serde_json::json!({ bad: "eA==" });
+            assert!(write_package(dir.path(), &files).is_err(), "{bad}");
+        }
+        let ok = serde_json::json!({ "sub/x.txt": "eA==" });
+        write_package(dir.path(), &ok).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("sub/x.txt")).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,783 @@
+//! The HTTP API (axum): execute, health, readiness, metrics, OpenAPI and the admin API the
+//! CLI uses.
+//!
+//! Owns: routing, request IDs, authentication of each request, body limits, and mapping
+//! every outcome to the response or error envelope of DESIGN.md. Must never: answer an
+//! error without the envelope and request ID, or let an unauthenticated request past the
+//! open endpoints (health, readyz, metrics).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use magic_contract::ErrorCode;
+use serde::{Deserialize, Serialize};
+use utoipa::OpenApi;
+
+use crate::auth::{Identity, Role};
+use crate::error::{ApiError, Failure};
+use crate::registry::{parse_version, ControllerStatus, ControllerSummary, DeployOutcome};
+use crate::Runtime;
+
+/// The request ID of the request being handled.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Build the router.
+pub fn router(rt: Arc<Runtime>) -> Router {
+    let protected = Router::new()
+        .route("/api/execute/{controller}", post(execute))
+        .route("/api/admin/controllers", get(list_controllers).post(deploy))
+        .route("/api/admin/controllers/{name}", get(controller_status))
+        .route("/api/admin/controllers/{name}/rollback", post(rollback))
+        .route(
+            "/api/admin/controllers/{name}/versions/{version}/package",
+            get(export_package),
+        )
+        .route("/api/openapi.json", get(openapi))
+        .route_layer(middleware::from_fn_with_state(rt.clone(), authenticate));
+    Router::new()
+        .route("/api/health", get(health))
+        .route("/api/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_id))
+        .with_state(rt)
+}
+
+/// `X-Request-ID`: taken from the request when it is sane (1–128 of `[A-Za-z0-9._:-]`),
+/// generated otherwise, and always echoed.
+pub fn accept_request_id(presented: Option<&str>) -> String {
+    match presented {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= 128
+                && id.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-')
+                }) =>
+        {
+            id.to_string()
+        }
+        _ => format!("req_{}", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = accept_request_id(
+        req.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn authenticate(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let key = req
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(key) = key else {
+        return ApiError::new(
+            ErrorCode::NotAuthenticated,
+            "missing credentials: send an X-API-Key header",
+        )
+        .into_envelope(&rid.0);
+    };
+    match rt.keys.authenticate(&key).await {
+        Ok(Some(identity)) => {
+            req.extensions_mut().insert(identity);
+            next.run(req).await
+        }
+        Ok(None) => ApiError::new(ErrorCode::NotAuthenticated, "invalid or revoked API key")
+            .into_envelope(&rid.0),
+        Err(e) => {
+            tracing::error!(error = %e, "api key lookup failed");
+            ApiError::new(
+                ErrorCode::BackendUnavailable,
+                "the runtime store is unavailable",
+            )
+            .into_envelope(&rid.0)
+        }
+    }
+}
+
+fn require_admin(identity: &Identity, rid: &RequestId) -> Result<(), Failure> {
+    if identity.role == Role::Admin {
+        Ok(())
+    } else {
+        Err(fail(
+            rid,
+            ApiError::new(
+                ErrorCode::NotPermitted,
+                format!(
+                    "{} may execute controllers but not administer them",
+                    identity.name
+                ),
+            ),
+        ))
+    }
+}
+
+fn fail(rid: &RequestId, error: ApiError) -> Failure {
+    Failure {
+        request_id: rid.0.clone(),
+        error,
+    }
+}
+
+/// Read a body up to `limit` bytes: 413 beyond it.
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::InputInvalid,
+            format!("request body exceeds the {limit}-byte limit"),
+        )
+        .with_status(413)
+    };
+    if let Some(len) = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large());
+        }
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(ApiError::new(
+            ErrorCode::InputInvalid,
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// `?version=` of execute.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ExecuteQuery {
+    /// Run this version instead of the active one.
+    pub version: Option<String>,
+}
+
+/// The 200 body of execute.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecuteResponse {
+    /// Request ID (also in `X-Request-ID`).
+    pub request_id: String,
+    /// Controller name.
+    pub controller: String,
+    /// Version that ran.
+    pub version: String,
+    /// The controller's output (valid against the output schema).
+    #[schema(value_type = Object)]
+    pub output: serde_json::Value,
+    /// Execution metrics.
+    pub metrics: ExecuteMetrics,
+}
+
+/// `metrics` of an execute response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExecuteMetrics {
+    /// Milliseconds from input validation to output validation.
+    pub duration_ms: f64,
+    /// Capabilities used successfully.
+    pub capabilities_used: Vec<String>,
+}
+
+/// Execute a controller.
+#[utoipa::path(
+    post, path = "/api/execute/{controller}", tag = "execute",
+    params(("controller" = String, Path, description = "Controller name"), ExecuteQuery,
+           ("X-Request-ID" = Option<String>, Header, description = "Correlation ID, generated when absent")),
+    request_body(content = Object, description = "Input, valid against the contract's input schema"),
+    responses(
+        (status = 200, body = ExecuteResponse),
+        (status = 400, description = "E1002 input invalid", body = crate::error::Envelope),
+        (status = 401, description = "E4001", body = crate::error::Envelope),
+        (status = 403, description = "E2xxx capability denial escaped the controller", body = crate::error::Envelope),
+        (status = 404, description = "E1001", body = crate::error::Envelope),
+        (status = 413, description = "body too large", body = crate::error::Envelope),
+        (status = 429, description = "E3004", body = crate::error::Envelope),
+        (status = 500, description = "E5001", body = crate::error::Envelope),
+        (status = 502, description = "E1003", body = crate::error::Envelope),
+        (status = 503, description = "E5002/E5003", body = crate::error::Envelope),
+        (status = 504, description = "E3001", body = crate::error::Envelope),
+    ),
+    security(("api_key" = []))
+)]
+async fn execute(
+    State(rt): State<Arc<Runtime>>,
+    Path(controller): Path<String>,
+    Query(query): Query<ExecuteQuery>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ExecuteResponse>, Failure> {
+    rt.execute(
+        &rid.0,
+        &controller,
+        query.version.as_deref(),
+        &identity,
+        &headers,
+        body,
+    )
+    .await
+    .map(Json)
+    .map_err(|e| fail(&rid, e))
+}
+
+impl Runtime {
+    async fn execute(
+        &self,
+        request_id: &str,
+        controller: &str,
+        version: Option<&str>,
+        identity: &Identity,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<ExecuteResponse, ApiError> {
+        let version = version.map(parse_version).transpose()?;
+        let (deployed, slots) = self.registry.resolve(controller, version.as_ref())?;
+        let name = deployed.name.as_str();
+        let Ok(_permit) = slots.try_acquire_owned() else {
+            self.metrics
+                .executions
+                .with_label_values(&[name, "rejected"])
+                .inc();
+            self.metrics
+                .errors
+                .with_label_values(&[name, "E3004"])
+                .inc();
+            self.metrics
+                .resource_limit_exceeded
+                .with_label_values(&[name, "concurrency"])
+                .inc();
+            return Err(ApiError::new(
+                ErrorCode::ConcurrencyLimit,
+                format!(
+                    "{name} already runs {} executions (CONTROLLER_MAX_CONCURRENT); retry later",
+                    self.config.max_concurrent
+                ),
+            ));
+        };
+        let started = std::time::Instant::now();
+        let outcome = self
+            .execute_admitted(request_id, &deployed, identity, headers, body)
+            .await;
+        let duration = started.elapsed();
+        let (result, used) = match outcome {
+            Ok((output, used)) => (Ok(output), used),
+            Err((e, used)) => (Err(e), used),
+        };
+        let status = match &result {
+            Ok(_) => "success",
+            Err(e) if e.code == ErrorCode::Timeout => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics
+            .executions
+            .with_label_values(&[name, status])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[name])
+            .observe(duration.as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics
+                .errors
+                .with_label_values(&[name, e.code.as_str()])
+                .inc();
+        }
+        let duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3;
+        let used_json = serde_json::to_string(&used).unwrap_or_default();
+        let version_str = deployed.version.to_string();
+        match &result {
+            Ok(_) => tracing::info!(
+                controller = name, version = %version_str, request_id, event = "execution_completed",
+                status, duration_ms, capabilities_used = %used_json, actor = %identity.name
+            ),
+            Err(e) => tracing::warn!(
+                controller = name, version = %version_str, request_id, event = "execution_completed",
+                status, error_code = e.code.as_str(), error = %e.message, duration_ms,
+                capabilities_used = %used_json, actor = %identity.name
+            ),
+        }
+        let output = result?;
+        Ok(ExecuteResponse {
+            request_id: request_id.to_string(),
+            controller: name.to_string(),
+            version: version_str,
+            output,
+            metrics: ExecuteMetrics {
+                duration_ms,
+                capabilities_used: used,
+            },
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn execute_admitted(
+        &self,
+        request_id: &str,
+        deployed: &Arc<crate::registry::DeployedVersion>,
+        identity: &Identity,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(serde_json::Value, Vec<String>), (ApiError, Vec<String>)> {
+        let bytes = read_body(body, headers, self.config.max_body_bytes)
+            .await
+            .map_err(|e| (e, vec![]))?;
+        let input: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            (
+                ApiError::new(
+                    ErrorCode::InputInvalid,
+                    format!("the request body is not valid JSON: {e}"),
+                ),
+                vec![],
+            )
+        })?;
+        if let Err(violations) = deployed.compiled.validate_input(&input) {
+            return Err((
+                ApiError::new(
+                    ErrorCode::InputInvalid,
+                    format!(
+                        "input does not match the contract's input schema: {}",
+                        summarize(&violations)
+                    ),
+                )
+                .with_details(serde_json::json!({ "violations": violations })),
+                vec![],
+            ));
+        }
+        let base = crate::audit_event(
+            "execution_start",
+            request_id,
+            Some(deployed.as_ref()),
+            Some(&identity.name),
+        );
+        self.audit(base.clone()).await.map_err(|e| (e, vec![]))?;
+
+        let outcome = self.executor.execute(request_id, deployed, &input).await;
+        let used = outcome.capabilities_used;
+        let result = outcome.result.and_then(|output| {
+            deployed
+                .compiled
+                .validate_output(&output)
+                .map(|()| output)
+                .map_err(|violations| {
+                    ApiError::new(
+                        ErrorCode::OutputInvalid,
+                        format!(
+                            "the controller's output does not match the contract's output schema: {}",
+                            summarize(&violations)
+                        ),
+                    )
+                    .with_details(serde_json::json!({ "violations": violations }))
+                })
+        });
+        let mut end = base;
+        match &result {
+            Ok(_) => {
+                end.event = "execution_complete".into();
+                end.outcome = Some("ok".into());
+            }
+            Err(e) => {
+                end.event = if outcome.timed_out {
+                    "execution_timeout".into()
+                } else {
+                    "execution_error".into()
+                };
+                end.outcome = Some(e.code.as_str().into());
+                end.details = serde_json::json!({ "message": e.message });
+            }
+        }
+        end.details["capabilities_used"] = serde_json::json!(used);
+        if outcome.timed_out {
+            self.metrics
+                .resource_limit_exceeded
+                .with_label_values(&[&deployed.name, "timeout"])
+                .inc();
+        }
+        self.audit(end).await.map_err(|e| (e, used.clone()))?;
+        match result {
+            Ok(output) => Ok((output, used)),
+            Err(e) => Err((e, used)),
+        }
+    }
+}
+
+fn summarize(violations: &[magic_contract::SchemaViolation]) -> String {
+    let mut parts: Vec<String> = violations
+        .iter()
+        .take(3)
+        .map(|v| {
+            if v.path.is_empty() {
+                v.message.clone()
+            } else {
+                format!("{}: {}", v.path, v.message)
+            }
+        })
+        .collect();
+    if violations.len() > 3 {
+        parts.push(format!("and {} more", violations.len() - 3));
+    }
+    parts.join("; ")
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/api/health", tag = "operations",
+    responses((status = 200, description = "The runtime is up", body = Object)))]
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+/// Readiness: the store answers and every component's migrations are applied.
+#[utoipa::path(get, path = "/api/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = Object),
+              (status = 503, description = "Not ready, with the failing checks", body = Object)))]
+async fn readyz(State(rt): State<Arc<Runtime>>) -> Response {
+    let (ready, checks) = rt.readiness().await;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "status": if ready { "ready" } else { "not_ready" }, "checks": checks })),
+    )
+        .into_response()
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        rt.metrics.render(),
+    )
+        .into_response()
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object)),
+    security(("api_key" = [])))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// A package upload: relative path → base64 content.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PackageFiles {
+    /// Files of the package folder, `/`-separated relative path → base64.
+    pub files: BTreeMap<String, String>,
+}
+
+/// Deploy a controller version and make it active once it is ready.
+#[utoipa::path(post, path = "/api/admin/controllers", tag = "admin",
+    request_body = PackageFiles,
+    responses(
+        (status = 201, description = "Deployed", body = DeployOutcome),
+        (status = 200, description = "Same content already deployed", body = DeployOutcome),
+        (status = 400, description = "E1004 with every problem in details.problems", body = crate::error::Envelope),
+        (status = 409, description = "E1005 version exists with other content", body = crate::error::Envelope),
+        (status = 413, description = "package too large", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn deploy(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Failure> {
+    require_admin(&identity, &rid)?;
+    let bytes = read_body(body, &headers, crate::config::MAX_DEPLOY_BODY)
+        .await
+        .map_err(|e| fail(&rid, e.with_details(serde_json::json!({}))))
+        .map_err(|mut f| {
+            f.error.code = ErrorCode::ContractInvalid;
+            f
+        })?;
+    let upload: PackageFiles = serde_json::from_slice(&bytes).map_err(|e| {
+        fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::ContractInvalid,
+                format!("the deploy body is not a package ({{\"files\": {{path: base64}}}}): {e}"),
+            ),
+        )
+    })?;
+    let mut files = BTreeMap::new();
+    for (path, content) in upload.files {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(content.as_bytes())
+            .map_err(|e| {
+                fail(
+                    &rid,
+                    ApiError::new(
+                        ErrorCode::ContractInvalid,
+                        format!("file {path:?} is not valid base64: {e}"),
+                    ),
+                )
+            })?;
+        files.insert(path, bytes);
+    }
+    let outcome = rt
+        .registry
+        .deploy(files, &identity.name)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    if outcome.result == "deployed" {
+        let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
+        event.controller = Some(outcome.name.clone());
+        event.version = Some(outcome.version.clone());
+        event.target = Some(format!("{}@{}", outcome.name, outcome.version));
+        event.outcome = Some("ok".into());
+        event.details = serde_json::json!({
+            "action": "deploy", "digest": outcome.digest, "previous_version": outcome.previous_version
+        });
+        rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+        tracing::info!(request_id = %rid.0, event = "controller_deployed", controller = %outcome.name, version = %outcome.version, actor = %identity.name);
+    }
+    let status = if outcome.result == "deployed" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(outcome)).into_response())
+}
+
+/// Every deployed controller.
+#[utoipa::path(get, path = "/api/admin/controllers", tag = "admin",
+    responses((status = 200, body = Vec<ControllerSummary>)), security(("api_key" = [])))]
+async fn list_controllers(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<ControllerSummary>>, Failure> {
+    require_admin(&identity, &rid)?;
+    Ok(Json(rt.registry.list()))
+}
+
+/// Every version of one controller and which one is active.
+#[utoipa::path(get, path = "/api/admin/controllers/{name}", tag = "admin",
+    params(("name" = String, Path, description = "Controller name")),
+    responses((status = 200, body = ControllerStatus), (status = 404, description = "E1001", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn controller_status(
+    State(rt): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<ControllerStatus>, Failure> {
+    require_admin(&identity, &rid)?;
+    rt.registry
+        .status(&name)
+        .map(Json)
+        .map_err(|e| fail(&rid, e))
+}
+
+/// Body of rollback.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RollbackRequest {
+    /// The version to make active (`1.0.0` or `v1.0.0`).
+    pub version: String,
+}
+
+/// Result of rollback.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RollbackResponse {
+    /// Controller.
+    pub name: String,
+    /// The version that was active.
+    pub previous_version: String,
+    /// The version now active.
+    pub active_version: String,
+}
+
+/// Make an earlier (or any deployed) version active.
+#[utoipa::path(post, path = "/api/admin/controllers/{name}/rollback", tag = "admin",
+    params(("name" = String, Path, description = "Controller name")),
+    request_body = RollbackRequest,
+    responses((status = 200, body = RollbackResponse), (status = 404, description = "E1001", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn rollback(
+    State(rt): State<Arc<Runtime>>,
+    Path(name): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<RollbackResponse>, Failure> {
+    require_admin(&identity, &rid)?;
+    let bytes = read_body(body, &headers, 64 * 1024)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    let req: RollbackRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::InputInvalid,
+                format!("expected {{\"version\": \"X.Y.Z\"}}: {e}"),
+            ),
+        )
+    })?;
+    let version = parse_version(&req.version).map_err(|e| fail(&rid, e))?;
+    let (previous, active) = rt
+        .registry
+        .rollback(&name, &version, &identity.name)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
+    event.controller = Some(name.clone());
+    event.version = Some(active.clone());
+    event.target = Some(format!("{name}@{active}"));
+    event.outcome = Some("ok".into());
+    event.details = serde_json::json!({ "action": "rollback", "previous_version": previous });
+    rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+    tracing::info!(request_id = %rid.0, event = "controller_rolled_back", controller = %name, from = %previous, to = %active, actor = %identity.name);
+    Ok(Json(RollbackResponse {
+        name,
+        previous_version: previous,
+        active_version: active,
+    }))
+}
+
+/// The files of one version (export).
+#[utoipa::path(get, path = "/api/admin/controllers/{name}/versions/{version}/package", tag = "admin",
+    params(("name" = String, Path, description = "Controller name"), ("version" = String, Path, description = "Version")),
+    responses((status = 200, body = PackageFiles), (status = 404, description = "E1001", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn export_package(
+    State(rt): State<Arc<Runtime>>,
+    Path((name, version)): Path<(String, String)>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<PackageFiles>, Failure> {
+    require_admin(&identity, &rid)?;
+    let version = parse_version(&version).map_err(|e| fail(&rid, e))?;
+    let files = rt
+        .registry
+        .package_files(&name, &version)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    Ok(Json(PackageFiles {
+        files: files
+            .into_iter()
+            .map(|(k, v)| (k, base64::engine::general_purpose::STANDARD.encode(v)))
+            .collect(),
+    }))
+}
+
+async fn not_found(Extension(rid): Extension<RequestId>, req: Request) -> Failure {
+    fail(
+        &rid,
+        ApiError::new(
+            ErrorCode::ControllerNotFound,
+            format!("no endpoint {} {}", req.method(), req.uri().path()),
+        ),
+    )
+}
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+    }
+}
+
+/// The OpenAPI document of the whole API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Magic Runtime", description = "Execute contract-bound controllers; deploy, inspect and roll them back."),
+    paths(execute, health, readyz, metrics, openapi, deploy, list_controllers, controller_status, rollback, export_package),
+    components(schemas(ExecuteResponse, ExecuteMetrics, PackageFiles, RollbackRequest, RollbackResponse,
+                       DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo)),
+    modifiers(&ApiKeyScheme),
+    tags((name = "execute"), (name = "admin"), (name = "operations"))
+)]
+pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_generated_otherwise() {
+        assert_eq!(accept_request_id(Some("req_abc-1.2:3")), "req_abc-1.2:3");
+        for bad in [
+            None,
+            Some(""),
+            Some("has space"),
+            Some("new\nline"),
+            Some("ü"),
+        ] {
+            let id = accept_request_id(bad);
+            assert!(id.starts_with("req_") && id.len() == 36, "{bad:?} -> {id}");
+        }
+        let long = "a".repeat(129);
+        assert_ne!(accept_request_id(Some(&long)), long);
+    }
+
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/api/execute/{controller}",
+            "/api/health",
+            "/api/readyz",
+            "/metrics",
+            "/api/openapi.json",
+            "/api/admin/controllers",
+            "/api/admin/controllers/{name}",
+            "/api/admin/controllers/{name}/rollback",
+            "/api/admin/controllers/{name}/versions/{version}/package",
+        ] {
+            assert!(paths.contains_key(p), "missing {p}");
+        }
+        assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    }
+}

@@ -1,0 +1,150 @@
+//! Server configuration: one struct filled from flags and environment by the CLI.
+//!
+//! Owns: the settings `magic serve` runs with, their defaults and their validation. Must never:
+//! read the environment itself (the CLI does, so that tests can build configs directly).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Default `--listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `CONTROLLER_MAX_CONCURRENT`.
+pub const DEFAULT_MAX_CONCURRENT: usize = 10;
+/// Default request body limit (bytes) for execute.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Request body limit for deploys (a package plus base64 overhead).
+pub const MAX_DEPLOY_BODY: usize = 24 * 1024 * 1024;
+
+/// How executions are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionMode {
+    /// A plain child process per execution, **not isolated**: development only.
+    Inline,
+}
+
+impl ExecutionMode {
+    /// Parse `CONTROLLER_EXECUTION_MODE`.
+    pub fn parse(s: &str) -> Result<ExecutionMode, ConfigError> {
+        match s {
+            "inline" => Ok(ExecutionMode::Inline),
+            "process" => Err(ConfigError::Invalid {
+                setting: "CONTROLLER_EXECUTION_MODE",
+                reason: "process mode (namespaces, seccomp, cgroups) is not available in this \
+                         build yet; use CONTROLLER_EXECUTION_MODE=inline for development"
+                    .into(),
+            }),
+            other => Err(ConfigError::Invalid {
+                setting: "CONTROLLER_EXECUTION_MODE",
+                reason: format!("unknown mode {other:?}: expected process or inline"),
+            }),
+        }
+    }
+}
+
+/// A bad setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The setting's value is not acceptable.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// Setting name as the user wrote it.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Everything `magic serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data dir (SQLite state, packages, keys).
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`; `None` = SQLite in the data dir.
+    pub database_url: Option<String>,
+    /// `REDIS_URL`; `None` = in-process cache and SQLite queue.
+    pub redis_url: Option<String>,
+    /// `MAGIC_ADMIN_API_KEY`: accepted as an admin key.
+    pub admin_api_key: Option<String>,
+    /// `CONTROLLER_MAX_CONCURRENT`: in-flight executions per controller.
+    pub max_concurrent: usize,
+    /// `CONTROLLER_EXECUTION_MODE`.
+    pub execution_mode: ExecutionMode,
+    /// Largest execute request body.
+    pub max_body_bytes: usize,
+    /// Python interpreter (`MAGIC_PYTHON`, else `python3` on PATH).
+    pub python: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// Defaults for a data dir (tests and embedded use).
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir,
+            database_url: None,
+            redis_url: None,
+            admin_api_key: None,
+            max_concurrent: DEFAULT_MAX_CONCURRENT,
+            execution_mode: ExecutionMode::Inline,
+            max_body_bytes: DEFAULT_MAX_BODY,
+            python: None,
+        }
+    }
+
+    /// Check the settings; the server refuses to start on the first bad one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_concurrent == 0 || self.max_concurrent > 10_000 {
+            return Err(ConfigError::Invalid {
+                setting: "CONTROLLER_MAX_CONCURRENT",
+                reason: format!("{} is outside 1..=10000", self.max_concurrent),
+            });
+        }
+        if let Some(key) = &self.admin_api_key {
+            if key.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    setting: "MAGIC_ADMIN_API_KEY",
+                    reason: "must be at least 16 characters".into(),
+                });
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                setting: "MAGIC_MAX_BODY_BYTES",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_modes() {
+        assert_eq!(
+            ExecutionMode::parse("inline").ok(),
+            Some(ExecutionMode::Inline)
+        );
+        assert!(ExecutionMode::parse("process").is_err());
+        assert!(ExecutionMode::parse("thread").is_err());
+    }
+
+    #[test]
+    fn validation_refuses_bad_settings() {
+        let base = ServeConfig::new("/tmp/x".into());
+        assert!(base.validate().is_ok());
+        let mut c = base.clone();
+        c.max_concurrent = 0;
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.admin_api_key = Some("short".into());
+        assert!(c.validate().is_err());
+        let mut c = base;
+        c.max_body_bytes = 10;
+        assert!(c.validate().is_err());
+    }
+}

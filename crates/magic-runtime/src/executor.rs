@@ -1,0 +1,485 @@
+//! Running one execution in a worker process and brokering its calls.
+//!
+//! Owns: starting the worker (`inline` mode: a plain child process per execution, **not
+//! isolated**), the execution's socket, its deadline, answering its capability calls through
+//! the broker, collecting its logs and metrics, and killing its whole process group when it
+//! ends. Must never: hand the worker any descriptor but its socket, pass the runtime's
+//! environment to it, or let it outlive its deadline.
+
+use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use magic_broker::{CapabilityBroker, CapabilityCall, ExecutionContext};
+use magic_contract::{Capability, ErrorCode};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::protocol::{read_frame, write_frame, FrameError, FromWorker, ToWorker, WireError};
+use crate::registry::DeployedVersion;
+
+/// Log lines one execution may emit.
+pub const MAX_LOG_LINES: usize = 1000;
+/// Bytes of one log message kept.
+pub const MAX_LOG_MESSAGE: usize = 8 * 1024;
+/// Bytes of worker stderr kept for the runtime log.
+const MAX_STDERR: usize = 16 * 1024;
+/// The descriptor number the worker finds its socket on.
+const WORKER_FD: i32 = 3;
+
+/// What one execution produced.
+#[derive(Debug)]
+pub struct ExecutionOutcome {
+    /// The controller's output (not yet validated), or the error.
+    pub result: Result<serde_json::Value, ApiError>,
+    /// Capabilities exercised successfully, sorted.
+    pub capabilities_used: Vec<String>,
+    /// Capability calls refused.
+    pub denials: usize,
+    /// Whether the deadline killed it.
+    pub timed_out: bool,
+}
+
+/// Starts workers and runs executions.
+pub struct Executor {
+    python: PathBuf,
+    sdk_dir: PathBuf,
+    temp_root: PathBuf,
+    broker: Arc<CapabilityBroker>,
+    metrics: Arc<Metrics>,
+}
+
+/// Find the Python interpreter once: `configured`, else `python3` on `PATH`, resolved to the
+/// real executable (shims add tens of milliseconds per start).
+pub fn find_python(configured: Option<&Path>) -> Result<PathBuf, String> {
+    let candidate = match configured {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .map(|d| d.join("python3"))
+                .find(|p| p.is_file())
+                .ok_or("python3 was not found on PATH (set MAGIC_PYTHON)")?
+        }
+    };
+    let resolved = resolve_shim(&candidate);
+    let out = std::process::Command::new(&resolved)
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import sys; print(sys.executable); print(sys.version_info >= (3, 9))",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", resolved.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let exe = lines.next().unwrap_or_default().trim().to_string();
+    if lines.next() != Some("True") {
+        return Err(format!("{} is not Python 3.9 or newer", resolved.display()));
+    }
+    if exe.is_empty() {
+        Ok(resolved)
+    } else {
+        Ok(PathBuf::from(exe))
+    }
+}
+
+fn resolve_shim(p: &Path) -> PathBuf {
+    // pyenv-style shims are shell scripts; ask the interpreter for its real path instead.
+    let out = std::process::Command::new(p)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
+            if s.is_empty() {
+                p.to_path_buf()
+            } else {
+                PathBuf::from(s)
+            }
+        }
+        _ => p.to_path_buf(),
+    }
+}
+
+impl Executor {
+    /// An executor running `python` with the SDK installed under `sdk_dir`.
+    pub fn new(
+        python: PathBuf,
+        sdk_dir: PathBuf,
+        temp_root: PathBuf,
+        broker: Arc<CapabilityBroker>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Executor {
+            python,
+            sdk_dir,
+            temp_root,
+            broker,
+            metrics,
+        }
+    }
+
+    /// Run one execution of `version` with an already validated `input`.
+    pub async fn execute(
+        &self,
+        request_id: &str,
+        version: &Arc<DeployedVersion>,
+        input: &serde_json::Value,
+    ) -> ExecutionOutcome {
+        let timeout = version.contract.resources.timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let temp_dir = match self.make_temp_dir(request_id, version) {
+            Ok(t) => t,
+            Err(e) => return failed(e),
+        };
+        let outcome = self
+            .run(
+                request_id,
+                version,
+                input,
+                deadline,
+                timeout,
+                temp_dir.as_deref(),
+            )
+            .await;
+        if let Some(dir) = temp_dir {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        outcome
+    }
+
+    fn make_temp_dir(
+        &self,
+        request_id: &str,
+        version: &DeployedVersion,
+    ) -> Result<Option<PathBuf>, ApiError> {
+        let declared = version
+            .contract
+            .capabilities
+            .iter()
+            .any(|c| matches!(c, Capability::FsTemp { .. }));
+        if !declared {
+            return Ok(None);
+        }
+        let dir = self.temp_root.join(request_id);
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            tracing::error!(error = %e, "cannot create execution temp dir");
+            ApiError::new(
+                ErrorCode::SandboxUnavailable,
+                "cannot create the execution's temp dir",
+            )
+        })?;
+        Ok(Some(dir))
+    }
+
+    async fn run(
+        &self,
+        request_id: &str,
+        version: &Arc<DeployedVersion>,
+        input: &serde_json::Value,
+        deadline: Instant,
+        timeout: Duration,
+        temp_dir: Option<&Path>,
+    ) -> ExecutionOutcome {
+        let (mut child, stream) = match self.spawn(version, temp_dir) {
+            Ok(x) => x,
+            Err(e) => return failed(e),
+        };
+        let pgid = child.id().map(|p| p as i32);
+        let stderr_task = child.stderr.take().map(|mut err| {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = err.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                    if buf.len() < MAX_STDERR {
+                        buf.extend_from_slice(&chunk[..n.min(MAX_STDERR - buf.len())]);
+                    }
+                }
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        });
+
+        let (reader, mut writer) = stream.into_split();
+        let (frames_tx, mut frames) = mpsc::channel::<Result<FromWorker, FrameError>>(64);
+        // Reading is not cancel-safe: one task owns the read half and forwards whole frames.
+        let reader_task = tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(reader);
+            loop {
+                let frame = read_frame(&mut reader).await;
+                let stop = frame.is_err();
+                if frames_tx.send(frame).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+
+        let ctx = Arc::new(ExecutionContext {
+            request_id: request_id.to_string(),
+            controller: version.name.clone(),
+            version: version.version.to_string(),
+            contract: version.contract.clone(),
+            deadline,
+            temp_dir: temp_dir.map(Path::to_path_buf),
+        });
+        let version_str = version.version.to_string();
+        let execute = ToWorker::Execute {
+            request_id,
+            controller: &version.name,
+            version: &version_str,
+            input,
+            timeout_ms: timeout.as_millis() as u64,
+            temp_dir: temp_dir.and_then(|p| p.to_str()),
+        };
+
+        let mut used = BTreeSet::new();
+        let mut denials = 0usize;
+        let mut log_lines = 0usize;
+        let mut timed_out = false;
+        let mut calls: JoinSet<(u64, magic_broker::BrokerReply)> = JoinSet::new();
+        let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
+        tokio::pin!(sleep);
+
+        let result: Result<serde_json::Value, ApiError> = 'run: {
+            if let Err(e) = write_frame(&mut writer, &execute).await {
+                break 'run Err(worker_failed(format!("could not start the execution: {e}")));
+            }
+            loop {
+                tokio::select! {
+                    frame = frames.recv() => match frame {
+                        Some(Ok(FromWorker::Call { id, capability, op, args })) => {
+                            let broker_ctx = ctx.clone();
+                            let broker = self.broker_handle();
+                            calls.spawn(async move {
+                                let reply = broker.call(&broker_ctx, CapabilityCall { capability, op, args }).await;
+                                (id, reply)
+                            });
+                        }
+                        Some(Ok(FromWorker::Log { level, message, fields })) => {
+                            log_lines += 1;
+                            if log_lines <= MAX_LOG_LINES {
+                                controller_log(&ctx, &level, &message, &fields);
+                            } else if log_lines == MAX_LOG_LINES + 1 {
+                                tracing::warn!(request_id = %ctx.request_id, controller = %ctx.controller, event = "log_limit", "controller log lines capped at {MAX_LOG_LINES}");
+                            }
+                        }
+                        Some(Ok(FromWorker::Metric { kind, name, value, labels })) => {
+                            if let Err(e) = self.metrics.record_custom(&ctx.controller, &kind, &name, value, &labels) {
+                                tracing::debug!(request_id = %ctx.request_id, controller = %ctx.controller, error = %e, "custom metric refused");
+                            }
+                        }
+                        Some(Ok(FromWorker::Result { ok: true, output, .. })) => break 'run Ok(output),
+                        Some(Ok(FromWorker::Result { ok: false, error, .. })) => break 'run Err(controller_error(error)),
+                        Some(Err(FrameError::Closed)) | None => {
+                            let status = wait_briefly(&mut child).await;
+                            break 'run Err(worker_failed(format!("the controller's worker exited without a result ({status})")));
+                        }
+                        Some(Err(e)) => break 'run Err(worker_failed(format!("protocol error from the worker: {e}"))),
+                    },
+                    Some(joined) = calls.join_next(), if !calls.is_empty() => {
+                        let Ok((id, reply)) = joined else { continue };
+                        if let Some(cap) = reply.capability {
+                            self.metrics.capability_usage.with_label_values(&[&ctx.controller, cap]).inc();
+                            if reply.result.is_ok() {
+                                used.insert(cap.to_string());
+                            }
+                        }
+                        let frame = match reply.result {
+                            Ok(value) => ToWorker::Reply { id, ok: true, value: Some(value), error: None },
+                            Err(e) => {
+                                denials += 1;
+                                ToWorker::Reply { id, ok: false, value: None, error: Some(WireError {
+                                    code: e.code.as_str().to_string(), message: e.message, details: e.details,
+                                    exception: None, traceback: None,
+                                })}
+                            }
+                        };
+                        if let Err(e) = write_frame(&mut writer, &frame).await {
+                            tracing::debug!(request_id = %ctx.request_id, error = %e, "reply not delivered");
+                        }
+                    }
+                    () = &mut sleep => {
+                        timed_out = true;
+                        break 'run Err(ApiError::new(ErrorCode::Timeout, format!(
+                            "execution exceeded the contract's timeout of {}", humanize(timeout))));
+                    }
+                }
+            }
+        };
+
+        // The execution is over: nothing it started may keep running or keep being served.
+        calls.abort_all();
+        reader_task.abort();
+        if let Some(pgid) = pgid {
+            kill_group(pgid);
+        }
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        if let Some(task) = stderr_task {
+            if let Ok(Ok(stderr)) = tokio::time::timeout(Duration::from_millis(50), task).await {
+                if !stderr.trim().is_empty() {
+                    tracing::warn!(request_id = %ctx.request_id, controller = %ctx.controller, event = "worker_stderr", stderr = %stderr.trim_end());
+                }
+            }
+        }
+        ExecutionOutcome {
+            result,
+            capabilities_used: used.into_iter().collect(),
+            denials,
+            timed_out,
+        }
+    }
+
+    fn broker_handle(&self) -> Arc<CapabilityBroker> {
+        self.broker.clone()
+    }
+
+    /// Start a worker with only its socket (as fd 3), a cleared environment and its own
+    /// process group.
+    fn spawn(
+        &self,
+        version: &DeployedVersion,
+        temp_dir: Option<&Path>,
+    ) -> Result<(tokio::process::Child, tokio::net::UnixStream), ApiError> {
+        let unavailable = |what: &str, e: std::io::Error| {
+            tracing::error!(error = %e, "{what}");
+            ApiError::new(ErrorCode::SandboxUnavailable, format!("{what}: {e}"))
+        };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| unavailable("cannot create the execution socket", e))?;
+        ours.set_nonblocking(true)
+            .map_err(|e| unavailable("cannot configure the execution socket", e))?;
+        let theirs: OwnedFd = theirs.into();
+        let bootstrap = format!(
+            "import sys; sys.path[:0]=[{:?}]; from magic.worker import main; main()",
+            self.sdk_dir.display().to_string()
+        );
+        let mut cmd = tokio::process::Command::new(&self.python);
+        cmd.args(["-I", "-S", "-c", &bootstrap])
+            .env_clear()
+            .env("MAGIC_SOCKET_FD", WORKER_FD.to_string())
+            .env("MAGIC_PACKAGE_DIR", &version.package_dir)
+            .env("PATH", "/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .current_dir(temp_dir.unwrap_or(&version.package_dir))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        crate::spawn::pass_fd_as(&mut cmd, theirs.as_raw_fd(), WORKER_FD);
+        let child = cmd
+            .spawn()
+            .map_err(|e| unavailable("cannot start the controller's worker", e))?;
+        drop(theirs);
+        let stream = tokio::net::UnixStream::from_std(ours)
+            .map_err(|e| unavailable("cannot register the execution socket", e))?;
+        Ok((child, stream))
+    }
+}
+
+fn failed(e: ApiError) -> ExecutionOutcome {
+    ExecutionOutcome {
+        result: Err(e),
+        capabilities_used: Vec::new(),
+        denials: 0,
+        timed_out: false,
+    }
+}
+
+fn worker_failed(message: String) -> ApiError {
+    ApiError::new(ErrorCode::ControllerFailed, message)
+}
+
+/// A `result` error from the worker: capability codes pass through, everything else is E5001.
+/// The traceback is logged by the caller's log line, never returned to the HTTP client.
+fn controller_error(error: Option<WireError>) -> ApiError {
+    let Some(e) = error else {
+        return worker_failed("the controller failed without saying why".into());
+    };
+    if let Some(tb) = &e.traceback {
+        tracing::info!(event = "controller_exception", exception = e.exception.as_deref().unwrap_or(""), traceback = %tb);
+    }
+    let code = ErrorCode::parse(&e.code).unwrap_or(ErrorCode::ControllerFailed);
+    let mut err = ApiError::new(code, e.message);
+    if let Some(details) = e.details {
+        err = err.with_details(details);
+    }
+    err
+}
+
+fn controller_log(
+    ctx: &ExecutionContext,
+    level: &str,
+    message: &str,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) {
+    let mut message = message.to_string();
+    if message.len() > MAX_LOG_MESSAGE {
+        let mut cut = MAX_LOG_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    let fields = serde_json::Value::Object(fields.clone()).to_string();
+    let fields = if fields.len() > MAX_LOG_MESSAGE {
+        "{\"truncated\":true}".to_string()
+    } else {
+        fields
+    };
+    macro_rules! emit {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                request_id = %ctx.request_id, controller = %ctx.controller, version = %ctx.version,
+                event = "controller_log", fields = %fields, "{}", message
+            )
+        };
+    }
+    match level {
+        "debug" => emit!(debug),
+        "warning" | "warn" => emit!(warn),
+        "error" | "critical" => emit!(error),
+        _ => emit!(info),
+    }
+}
+
+async fn wait_briefly(child: &mut tokio::process::Child) -> String {
+    match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+        Ok(Ok(status)) => {
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exit status {code}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                _ => status.to_string(),
+            }
+        }
+        _ => "still running".into(),
+    }
+}
+
+fn kill_group(pgid: i32) {
+    crate::spawn::kill_process_group(pgid);
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis().is_multiple_of(1000) {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
