@@ -1,0 +1,208 @@
+//! Harness for end-to-end tests: starts the real `magic` binary on a free port with a fresh
+//! data dir, and runs the real CLI against it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+pub fn magic_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_magic")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A running `magic serve`.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Start with a fresh data dir and extra environment.
+    pub fn start(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut s = Server::start_in(&data_dir, env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Start on an existing data dir (restart tests).
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(magic_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("MAGIC_API_KEY")
+            .env("MAGIC_ADMIN_API_KEY", ADMIN_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start magic serve");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("listening on ").nth(1) {
+                        let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let _ = tx.send(Ok(url));
+                        sent = true;
+                        continue;
+                    }
+                }
+                if line.starts_with("error:") && !sent {
+                    let _ = tx.send(Err(line.clone()));
+                    sent = true;
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(url)) => url,
+            Ok(Err(e)) => panic!("server failed to start: {e}"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start within 60s; logs: {:?}", logs.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            logs,
+            _tmp: None,
+        }
+    }
+
+    /// Run the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(magic_bin())
+            .args(args)
+            .env("MAGIC_URL", &self.url)
+            .env("MAGIC_API_KEY", ADMIN_KEY)
+            .env_remove("MAGIC_DATA_DIR")
+            .output()
+            .expect("run magic")
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        self.post_with(path, body, &[("x-api-key", ADMIN_KEY)]).await
+    }
+
+    pub async fn post_with(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut req = self
+            .client()
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, json)
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut req = self.client().get(format!("{}{path}", self.url));
+        if let Some(k) = key {
+            req = req.header("x-api-key", k);
+        }
+        let resp = req.send().await.expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    }
+
+    /// Wait until a log line containing every needle appears.
+    pub fn wait_log(&self, needles: &[&str]) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            for line in self.logs.lock().unwrap().iter() {
+                if needles.iter().all(|n| line.contains(n)) {
+                    return serde_json::from_str(line).ok();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write a controller package: a contract (YAML text) and controller code.
+pub fn write_controller(dir: &Path, contract: &str, code: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("contract.yaml"), contract).unwrap();
+    std::fs::write(dir.join("controller.py"), code).unwrap();
+}
+
+/// A contract with an object input/output and the given extra YAML (capabilities/resources).
+pub fn contract(name: &str, version: &str, output_required: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\nversion: {version}\ninput:\n  type: object\n  properties:\n    n: {{ type: integer }}\n    name: {{ type: string }}\noutput:\n  type: object\n  required: [{output_required}]\n  properties:\n    {output_required}: {{ type: string }}\n{extra}"
+    )
+}
+
+/// Controller code whose execute body is `body` (indented 8 spaces already).
+pub fn code(class: &str, body: &str) -> String {
+    format!(
+        "import asyncio, os, sys\nfrom magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\nclass {class}(Controller):\n    async def execute(self, input):\n{body}\n"
+    )
+}
