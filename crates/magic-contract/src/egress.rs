@@ -95,9 +95,10 @@ pub fn parse_allow_entry(entry: &str) -> Result<AllowEntry, String> {
             '#' => "a fragment",
             _ => "a path",
         };
+        let keep = entry.len() - rest.len() + pos;
         return Err(format!(
             "\"{entry}\" contains {what}: write only the host and an optional port, e.g. \"{}\"",
-            &rest[..pos]
+            &entry[..keep]
         ));
     }
     let (host_text, port_text, bracketed) = if let Some(after) = rest.strip_prefix('[') {
@@ -334,7 +335,7 @@ mod tests {
             ("**.api.com", "leading"),
             ("*.*.api.com", "leading"),
             ("api.stripe.com/v1", "path"),
-            ("https://api.stripe.com/", "path"),
+            ("https://api.stripe.com/", "e.g. \"https://api.stripe.com\""),
             ("api.stripe.com?x=1", "query"),
             ("api.stripe.com#x", "fragment"),
             ("user@api.stripe.com", "user info"),

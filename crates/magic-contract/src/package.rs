@@ -510,3 +510,421 @@ fn join_rel(rel: &str, name: &str) -> String {
         format!("{rel}/{name}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+
+    const CONTRACT: &str =
+        "name: Hello\nversion: 1.0.0\ninput: { type: object }\noutput: { type: object }\n";
+    const CONTROLLER: &str = "from magic import Controller, contract\n\n@contract(\"./contract.yaml\")\nclass Hello(Controller):\n    async def execute(self, input):\n        return {}\n";
+    const WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+    fn files(entries: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
+        entries
+            .iter()
+            .map(|(p, b)| (p.to_string(), b.to_vec()))
+            .collect()
+    }
+
+    fn python_package() -> BTreeMap<String, Vec<u8>> {
+        files(&[
+            ("contract.yaml", CONTRACT.as_bytes()),
+            ("controller.py", CONTROLLER.as_bytes()),
+        ])
+    }
+
+    fn problems_of(files: BTreeMap<String, Vec<u8>>) -> Vec<Problem> {
+        match check_package(files) {
+            Ok(p) => panic!("expected problems, got a {:?} package", p.kind),
+            Err(ContractErrors(found)) => found,
+        }
+    }
+
+    fn has(found: &[Problem], file: &str, field: &str, why: &str) -> bool {
+        found
+            .iter()
+            .any(|p| p.file == file && p.field == field && p.reason.contains(why))
+    }
+
+    #[test]
+    fn package_paths() {
+        for ok in [
+            "a",
+            "contract.yaml",
+            "lib/util.py",
+            ".hidden",
+            "a/b/c/d.txt",
+            "..a",
+            "a..",
+            "x y",
+        ] {
+            assert_eq!(check_package_path(ok), Ok(()), "{ok}");
+        }
+        let long_component = "c".repeat(256);
+        let long_path = "d/".repeat(600);
+        let bad: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("../x", ".. component"),
+            ("a/../../x", ".. component"),
+            ("a/..", ".. component"),
+            ("a//b", "empty component"),
+            ("a/", "empty component"),
+            ("./a", ". component"),
+            ("a/./b", ". component"),
+            ("a\\b", "backslash"),
+            ("..\\x", "backslash"),
+            ("a\0b", "NUL"),
+            ("a\nb", "control"),
+            (&long_component, "longer than 255"),
+            (&long_path, "longer than 1024"),
+        ];
+        for (path, why) in bad {
+            let err = check_package_path(path).expect_err(path);
+            assert!(err.contains(why), "{path:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn good_packages_pass() {
+        let mut with_extra = python_package();
+        with_extra.insert("lib/util.py".into(), b"X = 1\n".to_vec());
+        let package = check_package(with_extra.clone()).unwrap();
+        assert_eq!(package.kind, PackageKind::Python);
+        assert_eq!(package.files, with_extra);
+        assert_eq!(package.contract.contract().name, "Hello");
+
+        let wasm = files(&[
+            ("contract.yaml", CONTRACT.as_bytes()),
+            ("controller.wasm", WASM),
+        ]);
+        assert_eq!(check_package(wasm).unwrap().kind, PackageKind::Wasm);
+    }
+
+    #[test]
+    fn bad_packages_name_each_problem() {
+        let mut f = python_package();
+        f.remove("contract.yaml");
+        assert!(has(&problems_of(f), "contract.yaml", "", "missing"));
+
+        let mut f = python_package();
+        f.insert("contract.yaml".into(), b"name: \xff\n".to_vec());
+        assert!(has(&problems_of(f), "contract.yaml", "", "not UTF-8"));
+
+        let mut f = python_package();
+        f.insert(
+            "contract.yaml".into(),
+            CONTRACT.replace("1.0.0", "one").into_bytes(),
+        );
+        assert!(has(
+            &problems_of(f),
+            "contract.yaml",
+            "version",
+            "not a semantic version"
+        ));
+
+        let mut f = python_package();
+        f.remove("controller.py");
+        assert!(has(&problems_of(f), "", "", "no controller"));
+
+        let mut f = python_package();
+        f.insert("controller.wasm".into(), WASM.to_vec());
+        assert!(has(
+            &problems_of(f),
+            "",
+            "",
+            "both controller.py and controller.wasm"
+        ));
+
+        let f = files(&[
+            ("contract.yaml", CONTRACT.as_bytes()),
+            ("controller.wasm", b"MZ\x90\0\0\0\0\0"),
+        ]);
+        assert!(has(
+            &problems_of(f),
+            "controller.wasm",
+            "",
+            "not a WebAssembly binary"
+        ));
+        let f = files(&[
+            ("contract.yaml", CONTRACT.as_bytes()),
+            ("controller.wasm", b"\0asm"),
+        ]);
+        assert!(has(
+            &problems_of(f),
+            "controller.wasm",
+            "",
+            "not a WebAssembly binary"
+        ));
+
+        let mut f = python_package();
+        f.insert(
+            "controller.py".into(),
+            CONTROLLER.replace("async def", "def").into_bytes(),
+        );
+        assert!(has(
+            &problems_of(f),
+            "controller.py",
+            "line 5",
+            "must be a coroutine"
+        ));
+
+        // Only the top-level controller.py counts.
+        let f = files(&[
+            ("contract.yaml", CONTRACT.as_bytes()),
+            ("sub/controller.py", CONTROLLER.as_bytes()),
+        ]);
+        assert!(has(&problems_of(f), "", "", "no controller"));
+    }
+
+    #[test]
+    fn path_tricks_and_limits_are_refused() {
+        for path in [
+            "/etc/passwd",
+            "../evil.py",
+            "a/../../evil",
+            "a//b",
+            "./x",
+            "a\\b",
+            "a\0b",
+            "",
+        ] {
+            let mut f = python_package();
+            f.insert(path.into(), b"x".to_vec());
+            let found = problems_of(f);
+            assert!(
+                found.iter().any(|p| p.file == shown(path)),
+                "{path:?}: {found:?}"
+            );
+        }
+
+        let mut f = python_package();
+        f.insert("lib".into(), b"x".to_vec());
+        f.insert("lib/util.py".into(), b"x".to_vec());
+        assert!(has(&problems_of(f), "lib", "", "uses it as a folder"));
+
+        let mut f = python_package();
+        for i in 0..MAX_PACKAGE_FILES {
+            f.insert(format!("data/{i}.txt"), Vec::new());
+        }
+        assert!(has(&problems_of(f), "", "", "at most 1000"));
+
+        let mut f = python_package();
+        f.insert("big.bin".into(), vec![0; MAX_PACKAGE_BYTES as usize]);
+        assert!(has(&problems_of(f), "", "", "MiB) are accepted"));
+    }
+
+    #[test]
+    fn every_package_problem_is_reported_at_once() {
+        let f = files(&[
+            (
+                "contract.yaml",
+                CONTRACT.replace("Hello", "9lives").as_bytes(),
+            ),
+            ("controller.py", b"def broken(:\n"),
+            ("../escape", b"x"),
+        ]);
+        let found = problems_of(f);
+        assert!(
+            has(&found, "contract.yaml", "name", "not a valid name"),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "controller.py", "line 1", "syntax error"),
+            "{found:?}"
+        );
+        assert!(has(&found, "../escape", "", ".. component"), "{found:?}");
+        assert_eq!(found.len(), 3, "{found:?}");
+    }
+
+    /// A package folder inside a scratch directory that also holds an `outside` folder.
+    struct Scratch {
+        _tmp: tempfile::TempDir,
+        pkg: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn scratch() -> Scratch {
+        let tmp = tempfile::tempdir().unwrap();
+        let pkg = tmp.path().join("pkg");
+        let outside = tmp.path().join("outside");
+        fs::create_dir_all(pkg.join("lib")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(pkg.join("contract.yaml"), CONTRACT).unwrap();
+        fs::write(pkg.join("controller.py"), CONTROLLER).unwrap();
+        fs::write(pkg.join("lib/util.py"), "X = 1\n").unwrap();
+        fs::write(outside.join("secret.txt"), "top secret").unwrap();
+        Scratch {
+            _tmp: tmp,
+            pkg,
+            outside,
+        }
+    }
+
+    fn dir_problems(dir: &Path) -> Vec<Problem> {
+        match read_package_dir(dir) {
+            Ok(files) => panic!(
+                "expected problems, read {:?}",
+                files.keys().collect::<Vec<_>>()
+            ),
+            Err(ContractErrors(found)) => found,
+        }
+    }
+
+    #[test]
+    fn reads_a_folder_skipping_caches() {
+        let s = scratch();
+        fs::create_dir_all(s.pkg.join("__pycache__")).unwrap();
+        fs::write(s.pkg.join("__pycache__/controller.cpython-311.pyc"), "x").unwrap();
+        fs::write(s.pkg.join("lib/old.pyc"), "x").unwrap();
+        fs::create_dir_all(s.pkg.join(".git/objects")).unwrap();
+        fs::write(s.pkg.join(".git/HEAD"), "ref").unwrap();
+        fs::create_dir_all(s.pkg.join("empty")).unwrap();
+        fs::write(s.pkg.join("lib/readme.md"), "hi").unwrap();
+        symlink("util.py", s.pkg.join("lib/alias.py")).unwrap();
+        symlink("lib", s.pkg.join("lib2")).unwrap();
+        let read = read_package_dir(&s.pkg).unwrap();
+        let keys: Vec<&str> = read.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "contract.yaml",
+                "controller.py",
+                "lib/alias.py",
+                "lib/readme.md",
+                "lib/util.py",
+                "lib2/alias.py",
+                "lib2/readme.md",
+                "lib2/util.py",
+            ]
+        );
+        assert_eq!(read["lib/alias.py"], b"X = 1\n");
+        assert_eq!(read["lib2/util.py"], b"X = 1\n");
+        assert!(check_package(read).is_ok());
+
+        // The folder itself may be reached through a symlink.
+        let via = s.outside.join("via");
+        symlink(&s.pkg, &via).unwrap();
+        assert!(read_package_dir(&via).is_ok());
+    }
+
+    #[test]
+    fn symlinks_out_of_the_folder_are_refused() {
+        let s = scratch();
+        symlink(s.outside.join("secret.txt"), s.pkg.join("abs_file")).unwrap();
+        symlink("../../outside/secret.txt", s.pkg.join("lib/rel_file")).unwrap();
+        symlink(&s.outside, s.pkg.join("abs_dir")).unwrap();
+        symlink("/etc", s.pkg.join("etc")).unwrap();
+        // Two hops: each link alone looks harmless.
+        fs::create_dir_all(s.pkg.join("inner")).unwrap();
+        symlink("..", s.pkg.join("inner/up")).unwrap();
+        symlink("up/../outside", s.pkg.join("inner/escape")).unwrap();
+        let found = dir_problems(&s.pkg);
+        for file in ["abs_file", "lib/rel_file", "abs_dir", "etc", "inner/escape"] {
+            assert!(
+                has(&found, file, "", "outside the package folder"),
+                "{file}: {found:#?}"
+            );
+        }
+        assert!(has(&found, "inner/up", "", "a loop"), "{found:#?}");
+        assert!(
+            found.iter().all(|p| !p.reason.contains("top secret")),
+            "content leaked: {found:?}"
+        );
+    }
+
+    #[test]
+    fn broken_links_loops_and_special_files_are_refused() {
+        let s = scratch();
+        symlink("missing.txt", s.pkg.join("broken")).unwrap();
+        symlink("loop_b", s.pkg.join("loop_a")).unwrap();
+        symlink("loop_a", s.pkg.join("loop_b")).unwrap();
+        symlink(".", s.pkg.join("lib/self")).unwrap();
+        let fifo = s.pkg.join("pipe");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _listener = std::os::unix::net::UnixListener::bind(s.pkg.join("sock")).unwrap();
+        symlink("pipe", s.pkg.join("pipe_link")).unwrap();
+        let found = dir_problems(&s.pkg);
+        assert!(
+            has(&found, "broken", "", "cannot be followed"),
+            "{found:#?}"
+        );
+        assert!(
+            has(&found, "loop_a", "", "cannot be followed"),
+            "{found:#?}"
+        );
+        assert!(has(&found, "lib/self", "", "a loop"), "{found:#?}");
+        assert!(has(&found, "pipe", "", "named pipe"), "{found:#?}");
+        assert!(has(&found, "sock", "", "socket"), "{found:#?}");
+        assert!(has(&found, "pipe_link", "", "named pipe"), "{found:#?}");
+    }
+
+    #[test]
+    fn bad_names_and_missing_folders_are_refused() {
+        let s = scratch();
+        fs::write(s.pkg.join("back\\slash.py"), "x").unwrap();
+        fs::write(s.pkg.join(std::ffi::OsStr::from_bytes(b"bad\xffname")), "x").unwrap();
+        let found = dir_problems(&s.pkg);
+        assert!(has(&found, "back\\slash.py", "", "backslash"), "{found:#?}");
+        assert!(
+            found.iter().any(|p| p.reason.contains("not UTF-8")),
+            "{found:#?}"
+        );
+
+        let found = dir_problems(&s.pkg.join("nope"));
+        assert!(
+            found[0].reason.contains("cannot open the package folder"),
+            "{found:?}"
+        );
+        let found = dir_problems(&s.pkg.join("contract.yaml"));
+        assert!(found[0].reason.contains("is not a folder"), "{found:?}");
+    }
+
+    #[test]
+    fn folder_limits_apply_while_reading() {
+        let s = scratch();
+        fs::create_dir_all(s.pkg.join("data")).unwrap();
+        for i in 0..MAX_PACKAGE_FILES {
+            fs::write(s.pkg.join(format!("data/{i:04}.txt")), "").unwrap();
+        }
+        let found = dir_problems(&s.pkg);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.reason.contains("more than 1000 files")),
+            "{found:?}"
+        );
+
+        let s = scratch();
+        let half = vec![0u8; (MAX_PACKAGE_BYTES / 2 + 1) as usize];
+        fs::write(s.pkg.join("a.bin"), &half).unwrap();
+        fs::write(s.pkg.join("b.bin"), &half).unwrap();
+        let found = dir_problems(&s.pkg);
+        assert!(has(&found, "b.bin", "", "larger than"), "{found:?}");
+
+        // Symlinked folders cannot multiply without bound.
+        let s = scratch();
+        let mut prev = s.pkg.join("lib");
+        for level in 0..12 {
+            let dir = s.pkg.join(format!("l{level}"));
+            fs::create_dir_all(&dir).unwrap();
+            symlink(&prev, dir.join("a")).unwrap();
+            symlink(&prev, dir.join("b")).unwrap();
+            prev = dir;
+        }
+        let started = std::time::Instant::now();
+        let found = dir_problems(&s.pkg);
+        assert!(
+            found.iter().any(|p| p.reason.contains("more than 1000")),
+            "{found:?}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+}

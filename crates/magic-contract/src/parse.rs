@@ -942,9 +942,14 @@ impl Walker {
             if d.is_zero() {
                 Err("must be more than 0".to_string())
             } else if d > max {
+                let written = value.as_str().unwrap_or_default();
+                let shown = if written == format_duration(d) {
+                    written.to_string()
+                } else {
+                    format!("{written} ({})", format_duration(d))
+                };
                 Err(format!(
-                    "{} is above the maximum of {}",
-                    format_duration(d),
+                    "{shown} is above the maximum of {}",
                     format_duration(max)
                 ))
             } else {
@@ -1231,10 +1236,17 @@ fn compile_schema(schema: &Json) -> Result<jsonschema::Validator, String> {
         .build(schema)
         .map_err(|e| {
             let at = e.instance_path.as_str();
+            let why = match e.instance.as_ref() {
+                // The meta-schema's answer for `type: objekt` is an opaque anyOf failure.
+                Json::String(t) if at.ends_with("/type") => format!(
+                    "\"{t}\" is not a JSON Schema type (use string, number, integer, boolean, object, array or null)"
+                ),
+                _ => e.to_string(),
+            };
             if at.is_empty() {
-                format!("is not a valid JSON Schema (draft 2020-12): {e}")
+                format!("is not a valid JSON Schema (draft 2020-12): {why}")
             } else {
-                format!("is not a valid JSON Schema (draft 2020-12) at {at}: {e}")
+                format!("is not a valid JSON Schema (draft 2020-12) at {at}: {why}")
             }
         })
 }
