@@ -224,3 +224,57 @@ pub use parse::{
     MAX_VIOLATIONS,
 };
 pub use units::{parse_bytes, parse_cpu, parse_duration};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn compiled_contracts_can_be_shared_across_threads() {
+        shared::<CompiledContract>();
+        shared::<Package>();
+        shared::<ContractErrors>();
+    }
+
+    #[test]
+    fn capability_names_match_the_matrix() {
+        let all = [
+            Capability::DbRead { tables: vec![] },
+            Capability::DbWrite { tables: vec![] },
+            Capability::DbRawSql,
+            Capability::HttpEgress(EgressGrant::default()),
+            Capability::SecretsRead { keys: vec![] },
+            Capability::QueuePublish { queues: vec![] },
+            Capability::QueueSubscribe { queues: vec![] },
+            Capability::CacheRead {
+                prefix: String::new(),
+            },
+            Capability::CacheWrite {
+                prefix: String::new(),
+                max_ttl: DEFAULT_CACHE_MAX_TTL,
+            },
+            Capability::FsTemp { size: 0 },
+        ];
+        let names: Vec<&str> = all.iter().map(Capability::name).collect();
+        assert_eq!(names, CAPABILITY_NAMES);
+    }
+
+    #[test]
+    fn problems_display_with_and_without_field() {
+        let p = |field: &str| Problem {
+            file: "contract.yaml".into(),
+            field: field.into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(p("").to_string(), "contract.yaml: bad");
+        assert_eq!(p("name").to_string(), "contract.yaml: name: bad");
+        let all = ContractErrors(vec![p(""), p("name")]);
+        assert_eq!(
+            all.to_string(),
+            "contract.yaml: bad\ncontract.yaml: name: bad"
+        );
+        assert_eq!(all.code(), ErrorCode::ContractInvalid);
+    }
+}

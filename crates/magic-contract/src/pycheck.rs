@@ -24,11 +24,22 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const SCRIPT: &str = r#"
 import ast, json, sys
 
-def is_named(node, name):
-    if isinstance(node, ast.Name):
-        return node.id == name
-    return (isinstance(node, ast.Attribute) and node.attr == name
-            and isinstance(node.value, ast.Name) and node.value.id == "magic")
+def imports(tree):
+    """Names bound to magic.Controller / magic.contract, and to the magic module."""
+    bound = {"Controller": set(), "contract": set()}
+    modules, star = set(), False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "magic" and not node.level:
+            for a in node.names:
+                if a.name == "*":
+                    star = True
+                elif a.name in bound:
+                    bound[a.name].add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == "magic":
+                    modules.add(a.asname or "magic")
+    return bound, modules, star
 
 def check(src):
     out = []
@@ -43,6 +54,18 @@ def check(src):
     except (ValueError, RecursionError, MemoryError, OverflowError) as e:
         problem(0, "cannot be parsed: %s: %s" % (type(e).__name__, e))
         return out
+    bound, modules, star = imports(tree)
+    def is_named(node, name):
+        # The plain name counts even when not imported (reported below), so one
+        # mistake does not hide the others.
+        if isinstance(node, ast.Name):
+            return node.id == name or node.id in bound[name]
+        return (isinstance(node, ast.Attribute) and node.attr == name
+                and isinstance(node.value, ast.Name) and (node.value.id in modules or node.value.id == "magic"))
+    def imported(node, name):
+        if isinstance(node, ast.Name):
+            return star or node.id in bound[name]
+        return node.value.id in modules
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef)
                and any(is_named(b, "Controller") for b in n.bases)]
     if not classes:
@@ -54,6 +77,9 @@ def check(src):
         problem(c.lineno, "second class deriving Controller (%s): a package holds exactly one "
                           "controller, the first is %s at line %d" % (c.name, first.name, first.lineno))
     for c in classes:
+        base = [b for b in c.bases if is_named(b, "Controller")][0]
+        if not imported(base, "Controller"):
+            problem(c.lineno, "Controller is used but not imported: add `from magic import Controller, contract`")
         decorators = [d for d in c.decorator_list
                       if is_named(d, "contract") or (isinstance(d, ast.Call) and is_named(d.func, "contract"))]
         if not decorators:
@@ -64,6 +90,8 @@ def check(src):
             if not isinstance(d, ast.Call):
                 problem(d.lineno, "call the decorator with the contract path: @contract(\"./contract.yaml\")")
                 continue
+            if not imported(d.func, "contract"):
+                problem(d.lineno, "contract is used but not imported: add `from magic import Controller, contract`")
             arg = d.args[0] if len(d.args) == 1 and not d.keywords else None
             if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
                 problem(d.lineno, "@contract takes one string, the contract path: @contract(\"./contract.yaml\")")
@@ -275,6 +303,26 @@ class Hello(Controller):
                 "class Hello(Base, Controller, metaclass=M)",
             ),
             format!("# -*- coding: utf-8 -*-\nclass Helper:\n    pass\n{GOOD}"),
+            GOOD.replace(
+                "from magic import Controller, contract",
+                "from magic import *",
+            ),
+            GOOD.replace(
+                "from magic import Controller, contract",
+                "from magic import Controller as Base, contract as declare",
+            )
+            .replace("@contract(", "@declare(")
+            .replace("(Controller)", "(Base)"),
+            GOOD.replace(
+                "from magic import Controller, contract",
+                "import magic as m",
+            )
+            .replace("@contract(", "@m.contract(")
+            .replace("(Controller)", "(m.Controller)"),
+            GOOD.replace(
+                "from magic import Controller, contract",
+                "try:\n    from magic import Controller, contract\nexcept ImportError:\n    raise",
+            ),
         ];
         for src in variants {
             assert_eq!(reasons(&src), vec![], "{src}");
@@ -299,6 +347,10 @@ class Hello(Controller):
             (GOOD.replace("\"./contract.yaml\"", "\"/etc/contract.yaml\""), "line 4", "must name this package's contract"),
             (GOOD.replace("\"./contract.yaml\"", "path"), "line 4", "takes one string"),
             (GOOD.replace("async def execute", "async def run"), "line 5", "has no `async def execute"),
+            (GOOD.replace("from magic import Controller, contract", "from magic import contract"), "line 5", "Controller is used but not imported"),
+            (GOOD.replace("from magic import Controller, contract", "from magic import Controller"), "line 4", "contract is used but not imported"),
+            (GOOD.replace("from magic import Controller, contract", "from other import Controller, contract"), "line 5", "Controller is used but not imported"),
+            (GOOD.replace("from magic import Controller, contract", "import magic").replace("(Controller)", "(mgc.Controller)"), "", "no class deriving Controller"),
             (GOOD.replace("async def execute", "def execute"), "line 8", "must be a coroutine"),
             (GOOD.replace("self, input: dict", "self"), "line 8", "must take (self, input)"),
             (GOOD.replace("self, input: dict", "self, input, extra"), "line 8", "must take (self, input)"),
