@@ -373,6 +373,12 @@ impl DirReader {
                 self.symlink(&path, &path_rel, depth);
             } else if ft.is_dir() {
                 match fs::canonicalize(&path) {
+                    // A folder swapped for a symlink after the check above still cannot
+                    // lead out.
+                    Ok(real) if !real.starts_with(&self.root) => self.problem(
+                        &path_rel,
+                        "changed while being read: it now leads outside the package folder",
+                    ),
                     Ok(real) => self.walk(&real, &path_rel, depth + 1),
                     Err(e) => self.problem(&path_rel, format!("cannot be read: {e}")),
                 }
@@ -908,6 +914,20 @@ mod tests {
         fs::write(s.pkg.join("b.bin"), &half).unwrap();
         let found = dir_problems(&s.pkg);
         assert!(has(&found, "b.bin", "", "larger than"), "{found:?}");
+
+        let s = scratch();
+        let deep: PathBuf = std::iter::once(s.pkg.clone())
+            .chain((0..40).map(|_| PathBuf::from("d")))
+            .collect();
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(deep.join("f.txt"), "x").unwrap();
+        let found = dir_problems(&s.pkg);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.reason.contains("nested deeper than 32")),
+            "{found:?}"
+        );
 
         // Symlinked folders cannot multiply without bound.
         let s = scratch();

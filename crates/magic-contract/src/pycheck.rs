@@ -171,11 +171,11 @@ fn python() -> &'static Path {
 
 /// Check `controller.py`; every problem found, empty when it is fine.
 pub(crate) fn check_controller_py(source: &[u8]) -> Vec<Problem> {
-    check_with(python(), source)
+    check_with(python(), source, DEADLINE)
 }
 
 /// [`check_controller_py`] with a given interpreter.
-pub(crate) fn check_with(python: &Path, source: &[u8]) -> Vec<Problem> {
+pub(crate) fn check_with(python: &Path, source: &[u8], deadline: Duration) -> Vec<Problem> {
     let spawned = Command::new(python)
         .args(["-I", "-S", "-c", SCRIPT])
         .stdin(Stdio::piped())
@@ -212,12 +212,12 @@ pub(crate) fn check_with(python: &Path, source: &[u8]) -> Vec<Problem> {
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
-            Ok(None) if started.elapsed() > DEADLINE => {
+            Ok(None) if started.elapsed() > deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
                 break Err(format!(
-                    "cannot check controller.py: the checker took longer than {}s",
-                    DEADLINE.as_secs()
+                    "cannot check controller.py: the checker took longer than {}ms",
+                    deadline.as_millis()
                 ));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(2)),
@@ -385,9 +385,44 @@ class Hello(Controller):
 
     #[test]
     fn missing_python_is_one_clear_problem() {
-        let found = check_with(Path::new("/nonexistent/python3"), GOOD.as_bytes());
+        let found = check_with(Path::new("/nonexistent/python3"), GOOD.as_bytes(), DEADLINE);
         assert_eq!(found.len(), 1);
         assert!(found[0].reason.contains("install Python 3"), "{found:?}");
+    }
+
+    #[test]
+    fn a_failing_or_hanging_interpreter_is_one_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |name: &str, body: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            let mut perms = std::fs::metadata(&path).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+            std::fs::set_permissions(&path, perms).unwrap();
+            path
+        };
+        let crashing = fake("crash", "echo boom >&2; exit 3");
+        let found = check_with(&crashing, GOOD.as_bytes(), DEADLINE);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].reason.contains("exited with") && found[0].reason.contains("boom"),
+            "{found:?}"
+        );
+        let garbage = fake("garbage", "cat >/dev/null; echo not json");
+        let found = check_with(&garbage, GOOD.as_bytes(), DEADLINE);
+        assert!(
+            found[0].reason.contains("cannot check controller.py"),
+            "{found:?}"
+        );
+        let hanging = fake("hang", "exec sleep 30");
+        let started = Instant::now();
+        let found = check_with(&hanging, GOOD.as_bytes(), Duration::from_millis(300));
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].reason.contains("took longer than 300ms"),
+            "{found:?}"
+        );
     }
 
     #[test]
