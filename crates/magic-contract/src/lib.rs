@@ -31,6 +31,16 @@ pub const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
 pub const MAX_MEMORY: u64 = 2 * 1024 * 1024 * 1024;
 /// Maximum `fs:temp` size in bytes (seed: 100M).
 pub const MAX_TEMP_SIZE: u64 = 100 * 1000 * 1000;
+/// Smallest CPU share accepted, in cores (10 millicores).
+pub const MIN_CPU: f64 = 0.01;
+/// Smallest memory limit accepted, in bytes (16Mi: below it Python does not start).
+pub const MIN_MEMORY: u64 = 16 * 1024 * 1024;
+/// `cache:write` `max_ttl` when the contract does not set it (1h).
+pub const DEFAULT_CACHE_MAX_TTL: Duration = Duration::from_secs(3600);
+/// Largest `cache:write` `max_ttl` accepted (30d).
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest `contract.yaml` accepted, in bytes.
+pub const MAX_CONTRACT_BYTES: usize = 1024 * 1024;
 
 /// A parsed, validated contract. Immutable once built.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +108,31 @@ pub enum Capability {
         /// Size of the private temp filesystem in bytes.
         size: u64,
     },
+}
+
+impl Capability {
+    /// The name as written in a contract (`"db:read"`), also used in metrics and audit.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Capability::DbRead { .. } => "db:read",
+            Capability::DbWrite { .. } => "db:write",
+            Capability::DbRawSql => "db:rawsql",
+            Capability::HttpEgress(_) => "http:egress",
+            Capability::SecretsRead { .. } => "secrets:read",
+            Capability::QueuePublish { .. } => "queue:publish",
+            Capability::QueueSubscribe { .. } => "queue:subscribe",
+            Capability::CacheRead { .. } => "cache:read",
+            Capability::CacheWrite { .. } => "cache:write",
+            Capability::FsTemp { .. } => "fs:temp",
+        }
+    }
+}
+
+impl Contract {
+    /// The declared capability called `name` (`"db:read"`), if any.
+    pub fn capability(&self, name: &str) -> Option<&Capability> {
+        self.capabilities.iter().find(|c| c.name() == name)
+    }
 }
 
 /// Options of `http:egress`.
@@ -173,8 +208,73 @@ impl ContractErrors {
     }
 }
 
+pub mod egress;
+pub mod names;
 mod package;
 mod parse;
+mod pycheck;
+pub mod units;
 
-pub use package::{check_package, read_package_dir, Package, PackageKind, MAX_PACKAGE_BYTES};
-pub use parse::{is_valid_name, parse_contract, CompiledContract, SchemaViolation};
+pub use package::{
+    check_package, check_package_path, read_package_dir, Package, PackageKind, MAX_PACKAGE_BYTES,
+    MAX_PACKAGE_FILES,
+};
+pub use parse::{
+    is_valid_name, parse_contract, CompiledContract, SchemaViolation, CAPABILITY_NAMES,
+    MAX_VIOLATIONS,
+};
+pub use units::{parse_bytes, parse_cpu, parse_duration};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn compiled_contracts_can_be_shared_across_threads() {
+        shared::<CompiledContract>();
+        shared::<Package>();
+        shared::<ContractErrors>();
+    }
+
+    #[test]
+    fn capability_names_match_the_matrix() {
+        let all = [
+            Capability::DbRead { tables: vec![] },
+            Capability::DbWrite { tables: vec![] },
+            Capability::DbRawSql,
+            Capability::HttpEgress(EgressGrant::default()),
+            Capability::SecretsRead { keys: vec![] },
+            Capability::QueuePublish { queues: vec![] },
+            Capability::QueueSubscribe { queues: vec![] },
+            Capability::CacheRead {
+                prefix: String::new(),
+            },
+            Capability::CacheWrite {
+                prefix: String::new(),
+                max_ttl: DEFAULT_CACHE_MAX_TTL,
+            },
+            Capability::FsTemp { size: 0 },
+        ];
+        let names: Vec<&str> = all.iter().map(Capability::name).collect();
+        assert_eq!(names, CAPABILITY_NAMES);
+    }
+
+    #[test]
+    fn problems_display_with_and_without_field() {
+        let p = |field: &str| Problem {
+            file: "contract.yaml".into(),
+            field: field.into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(p("").to_string(), "contract.yaml: bad");
+        assert_eq!(p("name").to_string(), "contract.yaml: name: bad");
+        let all = ContractErrors(vec![p(""), p("name")]);
+        assert_eq!(
+            all.to_string(),
+            "contract.yaml: bad\ncontract.yaml: name: bad"
+        );
+        assert_eq!(all.code(), ErrorCode::ContractInvalid);
+    }
+}

@@ -1,0 +1,24 @@
+//! `cargo run -p magic-contract --example validate -- DIR`: check a package folder offline and
+//! print every problem (what `magic validate DIR` builds on).
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let Some(dir) = std::env::args_os().nth(1) else {
+        eprintln!("usage: validate DIR");
+        return ExitCode::from(2);
+    };
+    let checked = magic_contract::read_package_dir(std::path::Path::new(&dir))
+        .and_then(magic_contract::check_package);
+    match checked {
+        Ok(package) => {
+            let c = package.contract.contract();
+            println!("{} {} is valid ({:?})", c.name, c.version, package.kind);
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            println!("{errors}");
+            ExitCode::from(1)
+        }
+    }
+}
