@@ -20,7 +20,8 @@ import datetime
 import json
 import math
 import re
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from .errors import HttpStatusError
 

@@ -30,9 +30,11 @@ import asyncio
 import importlib.util
 import inspect
 import os
+import select
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Dict, Optional, Tuple, Type
@@ -68,6 +70,9 @@ EXIT_SETUP = 4
 
 #: Seconds a cancelled execution gets to unwind once the runtime is gone.
 CANCEL_GRACE_S = 1.0
+#: Seconds after the runtime hung up before the watchdog ends a worker that did not notice
+#: (a controller blocking the event loop, e.g. ``time.sleep`` or a busy loop).
+WATCHDOG_GRACE_S = 2.0
 #: Longest exception message and traceback put in a result frame.
 MAX_ERROR_MESSAGE = 8 * 1024
 MAX_TRACEBACK = 64 * 1024
@@ -188,11 +193,14 @@ def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_
     runtime does.
     """
     install_output_capture()
+    served = threading.Event()
+    _start_watchdog(sock, served)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_serve(sock, controller_cls, load_error))
     finally:
+        served.set()
         if _capture is not None:
             _capture[0].attach(None)
         try:
@@ -203,6 +211,38 @@ def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_
             loop.close()
         except RuntimeError:
             pass
+
+
+def _start_watchdog(sock: socket.socket, served: threading.Event) -> None:
+    """End the process if the runtime hangs up and :func:`serve` does not return soon after.
+
+    The event loop notices a closed socket only when the controller lets it run; a controller
+    stuck in blocking code would otherwise outlive a runtime that is gone (nobody left to
+    enforce the timeout). The thread only polls for hang-up; it never reads.
+    """
+    hangup = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+    try:
+        fd = sock.fileno()
+        poller = select.poll()
+        poller.register(fd, hangup)
+    except (OSError, ValueError, AttributeError):
+        return
+
+    def watch() -> None:
+        while not served.is_set():
+            try:
+                events = poller.poll(500)
+            except OSError:
+                return
+            if served.is_set():
+                return
+            if any(mask & (hangup | select.POLLNVAL) for _, mask in events):
+                if served.wait(WATCHDOG_GRACE_S):
+                    return
+                _fatal("the runtime closed the socket and the controller does not return; exiting")
+                os._exit(EXIT_DISCONNECTED)
+
+    threading.Thread(target=watch, name="magic-watchdog", daemon=True).start()
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> Optional[Dict[str, Any]]:
