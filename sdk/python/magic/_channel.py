@@ -166,11 +166,10 @@ class Channel:
 
     # ---- end of the execution --------------------------------------------------------------
 
-    async def send_result(self, frame: Dict[str, Any]) -> bool:
-        """Send the ``result`` frame (once) and flush; ``False`` if the connection is gone."""
+    async def send_result(self, data: bytes) -> bool:
+        """Send the encoded ``result`` frame (once) and flush; ``False`` if the connection is gone."""
         if self._finished:
             raise RuntimeError("result already sent")
-        data = _protocol.encode_frame(frame)
         self._finished = True
         if self._lost is not None or self._writer.is_closing():
             return False

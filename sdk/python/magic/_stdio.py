@@ -42,6 +42,12 @@ class LogSinkSwitch:
             for line in early:
                 sink(*line)
 
+    def take_early(self) -> List[Tuple[str, str, dict]]:
+        """Remove and return the lines buffered while no sink was attached."""
+        with self._lock:
+            early, self._early = self._early, []
+        return early
+
     def __call__(self, level: str, message: str, fields: dict) -> None:
         with self._lock:
             sink = self._sink

@@ -17,8 +17,9 @@ Entry points:
   ``python3 -I -S -c "import sys; sys.path[:0]=[SDK_DIR]; from magic.worker import main; main()"``
   with ``MAGIC_SOCKET_FD`` and ``MAGIC_PACKAGE_DIR`` set; ``main`` never returns (it ends the
   process with :func:`os._exit` so stray non-daemon threads cannot keep it alive).
-- :func:`load_controller` and :func:`serve` — for a zygote: load once, then in each forked
-  child ``os._exit(serve(sock, cls))``.
+- :func:`install_output_capture`, :func:`load_controller`, :func:`take_early_output` and
+  :func:`serve` — for a zygote: capture and load once, then in each forked child
+  ``os._exit(serve(sock, cls))``.
 
 Exit status: 0 a result was sent; 1 a bug in the worker; 2 the runtime broke the protocol; 3 the socket closed before
 the result could be sent; 4 the worker could not start (bad ``MAGIC_SOCKET_FD``).
@@ -37,7 +38,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from . import _protocol, _stdio
 from ._channel import Channel
@@ -49,6 +50,7 @@ __all__ = [
     "load_controller",
     "serve",
     "install_output_capture",
+    "take_early_output",
     "ControllerLoadError",
     "EXIT_OK",
     "EXIT_INTERNAL",
@@ -159,6 +161,19 @@ def install_output_capture() -> None:
         switch = _stdio.LogSinkSwitch()
         out, err = _stdio.install(switch)
         _capture = (switch, out, err)
+
+
+def take_early_output() -> List[Tuple[str, str, Dict[str, Any]]]:
+    """Remove and return the ``(level, message, fields)`` lines captured outside any execution.
+
+    A zygote calls this after :func:`load_controller` and logs them once itself; otherwise
+    every forked child would inherit them and replay them into its execution's log.
+    """
+    if _capture is None:
+        return []
+    _capture[1].flush()
+    _capture[2].flush()
+    return _capture[0].take_early()
 
 
 def _flush_capture() -> None:
@@ -353,6 +368,7 @@ async def _serve(sock: socket.socket, controller_cls: Optional[Type[Controller]]
     else:
         ok, value = run.result()
         result = _result_frame(ok, value)
+    # Encoded exactly once: the builders above already checked that it encodes.
     _flush_capture()
     sent = await channel.send_result(result)
     replies.cancel()
@@ -398,15 +414,15 @@ async def _read_replies(reader: asyncio.StreamReader, channel: Channel) -> Tuple
 # ---- result frames -------------------------------------------------------------------------
 
 
-def _result_frame(ok: bool, value: Any) -> Dict[str, Any]:
+def _result_frame(ok: bool, value: Any) -> bytes:
+    """The encoded ``result`` frame for an outcome of ``execute``."""
     if not ok:
         code = value.code if isinstance(value, CapabilityError) else "E5001"
         return _error_result(value, code)
-    frame = {"type": "result", "ok": True, "output": value}
     try:
-        _protocol.encode_frame(frame)
+        return _protocol.encode_frame({"type": "result", "ok": True, "output": value})
     except _protocol.EncodeError as exc:
-        return {
+        return _protocol.encode_frame({
             "type": "result",
             "ok": False,
             "error": {
@@ -415,11 +431,11 @@ def _result_frame(ok: bool, value: Any) -> Dict[str, Any]:
                 "exception": "magic.OutputError",
                 "traceback": "",
             },
-        }
-    return frame
+        })
 
 
-def _error_result(exc: BaseException, code: str) -> Dict[str, Any]:
+def _error_result(exc: BaseException, code: str) -> bytes:
+    """The encoded failed ``result`` frame for an exception that escaped ``execute``."""
     error: Dict[str, Any] = {"code": code, "exception": _type_name(exc)}
     if isinstance(exc, ControllerLoadError):
         error["message"] = "controller.py could not be loaded: %s" % exc
@@ -437,13 +453,13 @@ def _error_result(exc: BaseException, code: str) -> Dict[str, Any]:
     error["message"] = _cut(error["message"], MAX_ERROR_MESSAGE)
     frame = {"type": "result", "ok": False, "error": error}
     try:
-        _protocol.encode_frame(frame)
+        return _protocol.encode_frame(frame)
     except _protocol.EncodeError:
-        # e.g. details holding something odd: keep what is certainly serializable.
+        # e.g. a message holding a lone surrogate: keep what certainly encodes.
         error.pop("details", None)
-        error["message"] = error["message"].encode("utf-8", "replace").decode("utf-8")
-        error["traceback"] = error["traceback"].encode("utf-8", "replace").decode("utf-8")
-    return frame
+        for key in ("message", "traceback", "exception"):
+            error[key] = str(error[key]).encode("utf-8", "replace").decode("utf-8")
+        return _protocol.encode_frame(frame)
 
 
 def _type_name(exc: BaseException) -> str:

@@ -20,6 +20,15 @@ WORKER_COMMAND = "import sys; sys.path[:0]=[%r]; from magic.worker import main; 
 #: Seconds any single wait in a test may take before the test fails (instead of hanging).
 TIMEOUT = 10
 
+HELLO_CONTROLLER = """
+from magic import Controller, contract
+
+@contract("./contract.yaml")
+class Hello(Controller):
+    async def execute(self, input):
+        return {"greeting": "Hello, %s!" % input["name"], "request_id": self.request_id}
+"""
+
 CONTRACT = """\
 name: TestController
 version: 1.0.0

@@ -254,6 +254,21 @@ class WorkerTest(unittest.TestCase):
         self.assertNotIn("details", error)
         self.assert_clean_exit(runtime)
 
+    def test_exception_with_an_unencodable_message_still_gets_a_result(self):
+        runtime = self.start("""
+            from magic import Controller, contract
+
+            @contract("./contract.yaml")
+            class Odd(Controller):
+                async def execute(self, input):
+                    raise ValueError("bad \\ud800 text " + "x" * 100000)
+        """)
+        result, _ = runtime.run({})
+        self.assertEqual(result["error"]["code"], "E5001")
+        self.assertIn("bad ? text", result["error"]["message"])
+        self.assertLess(len(result["error"]["message"]), 9 * 1024)
+        self.assert_clean_exit(runtime)
+
     def test_sys_exit_inside_execute_is_a_failed_result(self):
         runtime = self.start("""
             import sys
