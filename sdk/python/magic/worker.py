@@ -104,7 +104,7 @@ def load_controller(package_dir: str) -> Type[Controller]:
     """Import ``<package_dir>/controller.py`` as module ``controller`` and return its class.
 
     The package folder goes first on ``sys.path`` so the controller can import its own helper
-    modules. Raises :class:`ControllerLoadError` unless the module imports cleanly and defines
+    modules; no bytecode is written into it. Raises :class:`ControllerLoadError` unless the module imports cleanly and defines
     exactly one ``magic.Controller`` subclass whose ``execute`` is ``async def``.
     """
     if not package_dir:
@@ -120,6 +120,9 @@ def load_controller(package_dir: str) -> Type[Controller]:
         raise ControllerLoadError("cannot import %s" % path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[_MODULE_NAME] = module
+    # A deployed version is immutable: never leave a __pycache__ folder in it (not now, not
+    # for modules the controller imports later). This process serves only this controller.
+    sys.dont_write_bytecode = True
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:  # SyntaxError, ImportError, SystemExit at import time…

@@ -3,16 +3,8 @@
 import struct
 import unittest
 
+from .harness import HELLO_CONTROLLER as HELLO
 from .harness import FakeRuntime, fail, make_package, ok
-
-HELLO = """
-from magic import Controller, contract
-
-@contract("./contract.yaml")
-class Hello(Controller):
-    async def execute(self, input):
-        return {"greeting": "Hello, %s!" % input["name"], "request_id": self.request_id}
-"""
 
 
 class WorkerTest(unittest.TestCase):
@@ -38,6 +30,19 @@ class WorkerTest(unittest.TestCase):
         # Exactly one result: the worker closes its end right after it.
         self.assertIsNone(runtime.recv())
         self.assert_clean_exit(runtime)
+
+    def test_package_folder_is_left_untouched(self):
+        import os
+        folder = make_package(self, HELLO.replace("from magic import", "import helper\nfrom magic import"))
+        with open(os.path.join(folder, "helper.py"), "w") as f:
+            f.write("VALUE = 1\n")
+        before = sorted(os.listdir(folder))
+        runtime = FakeRuntime(folder)
+        self.addCleanup(runtime.close)
+        result, _ = runtime.run({"name": "x"})
+        self.assertTrue(result["ok"], result)
+        self.assert_clean_exit(runtime)
+        self.assertEqual(sorted(os.listdir(folder)), before)
 
     def test_context_attributes(self):
         runtime = self.start("""

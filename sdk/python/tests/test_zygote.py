@@ -1,7 +1,6 @@
 """The split a zygote uses: load the controller once, then fork one child per execution that
 runs ``serve(sock, cls)``."""
 
-import os
 import socket
 import subprocess
 import sys
