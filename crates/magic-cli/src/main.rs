@@ -20,7 +20,7 @@ use crate::client::Client;
 /// Magic Runtime: run contract-bound controllers in sandboxes, with every outside access
 /// brokered and audited.
 #[derive(Debug, Parser)]
-#[command(name = "magic", version, about, propagate_version = true)]
+#[command(name = "magic", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -443,4 +443,15 @@ async fn shutdown_signal() {
         event = "shutdown",
         "shutting down: finishing in-flight requests"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
 }
