@@ -98,15 +98,6 @@ impl Client {
                 ));
             }
         }
-        if let Some(violations) = err["details"]["violations"].as_array() {
-            for v in violations.iter().take(5) {
-                line.push_str(&format!(
-                    "; at {:?}: {}",
-                    v["path"].as_str().unwrap_or(""),
-                    v["message"].as_str().unwrap_or("")
-                ));
-            }
-        }
         bail!(line)
     }
 

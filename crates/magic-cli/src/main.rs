@@ -372,7 +372,7 @@ fn print_status(status: &serde_json::Value) {
             .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
             .unwrap_or_default();
         println!(
-            "  {:<2}{:<12} {:<28} {:<16} {}",
+            "  {:<2}{:<12} {:<28} {:<24} {}",
             if v["active"] == true { "*" } else { "" },
             v["version"].as_str().unwrap_or_default(),
             v["deployed_at"].as_str().unwrap_or_default(),

@@ -130,9 +130,11 @@ fn install_sdk(dir: &Path) -> std::io::Result<()> {
 impl Runtime {
     /// Open everything the runtime needs, in order: config check, store + migrations, keys,
     /// registry (loads every deployed version), SDK, executor.
-    pub async fn start(config: ServeConfig) -> Result<Arc<Runtime>, StartError> {
+    pub async fn start(mut config: ServeConfig) -> Result<Arc<Runtime>, StartError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(StartError::DataDir)?;
+        // Workers run with another working directory: every path handed to them is absolute.
+        config.data_dir = std::fs::canonicalize(&config.data_dir).map_err(StartError::DataDir)?;
         let store = Store::open(config.database_url.as_deref(), &config.data_dir).await?;
         let (keys, admin_key_file) = KeyStore::open(
             store.clone(),

@@ -132,12 +132,21 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+fn is_hangup(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+    )
+}
+
 /// Read one frame.
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<FromWorker, FrameError> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) if is_hangup(&e) => return Err(FrameError::Closed),
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
@@ -146,7 +155,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<FromWork
     }
     let mut buf = vec![0u8; len];
     reader.read_exact(&mut buf).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        if is_hangup(&e) {
             FrameError::Closed
         } else {
             FrameError::Io(e)
