@@ -34,7 +34,6 @@ import os
 import select
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -343,6 +342,8 @@ async def _serve(sock: socket.socket, controller_cls: Optional[Type[Controller]]
         started=started,
     )
     if execute["temp_dir"]:
+        import tempfile  # only when fs:temp is declared: importing it costs a few ms
+
         tempfile.tempdir = execute["temp_dir"]
         os.environ["TMPDIR"] = execute["temp_dir"]
     if _capture is not None:
