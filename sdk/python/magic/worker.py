@@ -21,8 +21,9 @@ Entry points:
   :func:`serve` — for a zygote: capture and load once, then in each forked child
   ``os._exit(serve(sock, cls))``.
 
-Exit status: 0 a result was sent; 1 a bug in the worker; 2 the runtime broke the protocol; 3 the socket closed before
-the result could be sent; 4 the worker could not start (bad ``MAGIC_SOCKET_FD``).
+Exit status: 0 a result was sent; 1 a bug in the worker; 2 the runtime broke the protocol;
+3 the socket closed before the result could be sent; 4 the worker could not start (bad
+``MAGIC_SOCKET_FD``).
 """
 
 from __future__ import annotations
