@@ -21,8 +21,9 @@ Entry points:
   :func:`serve` — for a zygote: capture and load once, then in each forked child
   ``os._exit(serve(sock, cls))``.
 
-Exit status: 0 a result was sent; 1 a bug in the worker; 2 the runtime broke the protocol; 3 the socket closed before
-the result could be sent; 4 the worker could not start (bad ``MAGIC_SOCKET_FD``).
+Exit status: 0 a result was sent; 1 a bug in the worker; 2 the runtime broke the protocol;
+3 the socket closed before the result could be sent; 4 the worker could not start (bad
+``MAGIC_SOCKET_FD``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import os
 import select
 import socket
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -343,6 +343,8 @@ async def _serve(sock: socket.socket, controller_cls: Optional[Type[Controller]]
         started=started,
     )
     if execute["temp_dir"]:
+        import tempfile  # only when fs:temp is declared: importing it costs a few ms
+
         tempfile.tempdir = execute["temp_dir"]
         os.environ["TMPDIR"] = execute["temp_dir"]
     if _capture is not None:

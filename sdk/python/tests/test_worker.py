@@ -44,6 +44,21 @@ class WorkerTest(unittest.TestCase):
         self.assert_clean_exit(runtime)
         self.assertEqual(sorted(os.listdir(folder)), before)
 
+    def test_large_input_and_reply(self):
+        runtime = self.start("""
+            from magic import Controller, contract
+
+            @contract("./contract.yaml")
+            class Big(Controller):
+                async def execute(self, input):
+                    value = await self.cache.get("k")
+                    return {"input": len(input["blob"]), "reply": len(value)}
+        """)
+        blob = "x" * (10 * 1024 * 1024)
+        result, _ = runtime.run({"blob": blob}, answer=lambda call: ok("y" * (15 * 1024 * 1024)))
+        self.assertEqual(result["output"], {"input": 10 * 1024 * 1024, "reply": 15 * 1024 * 1024})
+        self.assert_clean_exit(runtime)
+
     def test_context_attributes(self):
         runtime = self.start("""
             import asyncio, tempfile
