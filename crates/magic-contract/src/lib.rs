@@ -213,6 +213,7 @@ pub mod names;
 mod package;
 mod parse;
 mod pycheck;
+mod refs;
 pub mod units;
 
 pub use package::{
