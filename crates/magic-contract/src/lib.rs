@@ -217,8 +217,8 @@ mod refs;
 pub mod units;
 
 pub use package::{
-    check_package, check_package_path, read_package_dir, Package, PackageKind, MAX_PACKAGE_BYTES,
-    MAX_PACKAGE_FILES,
+    check_package, check_package_dir, check_package_path, read_package_dir, Package, PackageKind,
+    MAX_PACKAGE_BYTES, MAX_PACKAGE_FILES,
 };
 pub use parse::{
     is_valid_name, parse_contract, CompiledContract, SchemaViolation, CAPABILITY_NAMES,
