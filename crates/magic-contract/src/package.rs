@@ -63,12 +63,17 @@ fn problem(
     }
 }
 
-/// A path as it may be shown in a message (control characters escaped).
+/// A path as it may be shown in a message: control characters escaped, cut after 200
+/// characters.
 fn shown(path: &str) -> String {
-    if path.chars().any(char::is_control) {
+    let escaped = if path.chars().any(char::is_control) {
         path.escape_debug().to_string()
     } else {
         path.to_string()
+    };
+    match escaped.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
     }
 }
 
@@ -737,6 +742,16 @@ mod tests {
                 "{path:?}: {found:?}"
             );
         }
+
+        let mut f = python_package();
+        f.insert("x".repeat(5000), b"x".to_vec());
+        let found = problems_of(f);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.file.chars().count() == 201 && p.reason.contains("longer than")),
+            "{found:?}"
+        );
 
         let mut f = python_package();
         f.insert("lib".into(), b"x".to_vec());

@@ -1172,7 +1172,11 @@ impl Walker {
                     continue;
                 };
                 if let AllowHost::Ip(ip) = entry.host {
-                    if !nets.iter().any(|n: &ipnet::IpNet| n.contains(&ip)) {
+                    let canonical = ip.to_canonical();
+                    if !nets
+                        .iter()
+                        .any(|n: &ipnet::IpNet| n.contains(&ip) || n.contains(&canonical))
+                    {
                         self.problem(
                             format!("{field}.allow[{i}]"),
                             format!(
@@ -1830,6 +1834,11 @@ resources: { timeout: 10s, cpu: 0.5, memory: 256Mi }
                 allow: vec!["10.0.0.5:8080".into(), "internal.example.com".into()],
                 allow_ips: vec!["10.0.0.0/24".into(), "fd00::1".into()],
                 resolve: BTreeMap::from([("internal.example.com".to_string(), vec!["10.0.0.7".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()])]),
+            })),
+            ("- http:egress: { allow: [\"[::ffff:10.0.0.5]\"], allow_ips: [10.0.0.0/8] }", Capability::HttpEgress(EgressGrant {
+                allow: vec!["[::ffff:10.0.0.5]".into()],
+                allow_ips: vec!["10.0.0.0/8".into()],
+                resolve: BTreeMap::new(),
             })),
             ("- http:egress: { allow: [\"*.example.com\"], resolve: { a.b.example.com: [203.0.113.9] } }", Capability::HttpEgress(EgressGrant {
                 allow: vec!["*.example.com".into()],
