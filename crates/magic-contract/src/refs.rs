@@ -7,7 +7,7 @@
 //! Must never: recurse without bound on input (graph walks are iterative; the tree walk is
 //! bounded by the YAML parser's nesting limit).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value as Json;
 
@@ -52,6 +52,11 @@ fn percent_decode(text: &str) -> Option<String> {
 /// Every schema node (as a JSON Pointer) reachable through known keywords, plus `$anchor`s.
 struct Collected {
     nodes: Vec<String>,
+    /// Pointers already walked.
+    seen: HashSet<String>,
+    /// Every `$ref` string met, to walk their targets too (a `$ref` may point anywhere in
+    /// the document, even into `const` data, which then acts as a schema).
+    refs: Vec<String>,
     has_ref: bool,
     anchors: HashMap<String, String>,
     refused: Option<String>,
@@ -61,6 +66,9 @@ fn collect(node: &Json, pointer: String, out: &mut Collected) {
     let Json::Object(map) = node else {
         return;
     };
+    if !out.seen.insert(pointer.clone()) {
+        return;
+    }
     if out.refused.is_none() {
         if !pointer.is_empty() && map.contains_key("$id") {
             out.refused = Some(format!(
@@ -76,7 +84,10 @@ fn collect(node: &Json, pointer: String, out: &mut Collected) {
             }
         }
     }
-    out.has_ref |= map.contains_key("$ref");
+    if let Some(Json::String(reference)) = map.get("$ref") {
+        out.has_ref = true;
+        out.refs.push(reference.clone());
+    }
     if let Some(Json::String(anchor)) = map.get("$anchor") {
         out.anchors.insert(anchor.clone(), pointer.clone());
     }
@@ -212,11 +223,23 @@ pub(crate) fn value_depth(value: &Json, limit: usize) -> usize {
 pub(crate) fn check_schema_refs(schema: &Json) -> Result<Shape, String> {
     let mut collected = Collected {
         nodes: Vec::new(),
+        seen: HashSet::new(),
+        refs: Vec::new(),
         anchors: HashMap::new(),
         refused: None,
         has_ref: false,
     };
     collect(schema, String::new(), &mut collected);
+    // Walk what the references point at, wherever it is (new references may appear).
+    let mut next = 0;
+    while let Some(reference) = collected.refs.get(next).cloned() {
+        next += 1;
+        if let Ok(Some(target)) = resolve(&reference, &collected.anchors) {
+            if let Some(node) = schema.pointer(&target) {
+                collect(node, target, &mut collected);
+            }
+        }
+    }
     if let Some(reason) = collected.refused {
         return Err(reason);
     }
