@@ -14,10 +14,12 @@ use serde_json::Value as Json;
 /// Keywords whose subschema applies to the same instance location.
 const IN_PLACE_ONE: &[&str] = &["not", "if", "then", "else"];
 const IN_PLACE_LIST: &[&str] = &["allOf", "anyOf", "oneOf"];
-const IN_PLACE_MAP: &[&str] = &["dependentSchemas"];
+/// (`dependencies` is the pre-2019 spelling, still applied by the validator.)
+const IN_PLACE_MAP: &[&str] = &["dependentSchemas", "dependencies"];
 /// Keywords whose subschema applies to a part of the instance (or holds definitions).
 const DEEPER_ONE: &[&str] = &[
     "additionalProperties",
+    "additionalItems",
     "items",
     "contains",
     "propertyNames",
