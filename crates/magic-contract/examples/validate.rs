@@ -8,9 +8,7 @@ fn main() -> ExitCode {
         eprintln!("usage: validate DIR");
         return ExitCode::from(2);
     };
-    let checked = magic_contract::read_package_dir(std::path::Path::new(&dir))
-        .and_then(magic_contract::check_package);
-    match checked {
+    match magic_contract::check_package_dir(std::path::Path::new(&dir)) {
         Ok(package) => {
             let c = package.contract.contract();
             println!("{} {} is valid ({:?})", c.name, c.version, package.kind);

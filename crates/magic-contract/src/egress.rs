@@ -37,11 +37,13 @@ pub enum AllowHost {
 /// One parsed `allow` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowEntry {
-    /// Scheme restriction, `None` for both.
+    /// The scheme the entry names, `None` when it names none (the egress policy decides what
+    /// that means; `magic-egress` reads it as https).
     pub scheme: Option<Scheme>,
     /// Host, wildcard or address.
     pub host: AllowHost,
-    /// Port restriction, `None` for any.
+    /// The port the entry names, `None` when it names none (the egress policy decides what
+    /// that means; `magic-egress` reads it as the scheme's default port).
     pub port: Option<u16>,
 }
 
@@ -168,6 +170,12 @@ pub fn parse_allow_entry(entry: &str) -> Result<AllowEntry, String> {
 fn parse_port(text: &str) -> Result<u16, String> {
     if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("\"{text}\" is not a port (1 to 65535)"));
+    }
+    if text.starts_with('0') {
+        return Err(format!(
+            "port \"{text}\" has a leading zero: write \"{}\"",
+            text.trim_start_matches('0')
+        ));
     }
     match text.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
@@ -343,6 +351,7 @@ mod tests {
             ("ftp://api.stripe.com", "scheme"),
             ("HTTPS://api.stripe.com", "scheme"),
             ("api.stripe.com:0", "port"),
+            ("api.stripe.com:0443", "leading zero: write \"443\""),
             ("api.stripe.com:65536", "port"),
             ("api.stripe.com:", "port"),
             ("api.stripe.com:http", "port"),

@@ -43,7 +43,10 @@ pub const MAX_CACHE_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MAX_CONTRACT_BYTES: usize = 1024 * 1024;
 
 /// A parsed, validated contract. Immutable once built.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Serializes back to the shape of `contract.yaml` (durations as `"10s"`), for APIs that show
+/// a contract; the only way to build one from text is [`parse_contract`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Contract {
     /// Controller name, `^[A-Za-z][A-Za-z0-9_]{0,63}$`.
     pub name: String,
@@ -60,50 +63,61 @@ pub struct Contract {
 }
 
 /// One declared capability with its options (the seed's capability matrix).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub enum Capability {
     /// `db:read: { tables: [...] }`
+    #[serde(rename = "db:read")]
     DbRead {
         /// Tables the controller may read.
         tables: Vec<String>,
     },
     /// `db:write: { tables: [...] }`
+    #[serde(rename = "db:write")]
     DbWrite {
         /// Tables the controller may insert into, update and delete from.
         tables: Vec<String>,
     },
     /// `db:rawsql` (bare): raw parameterized SQL, subject to policy approval.
+    #[serde(rename = "db:rawsql")]
     DbRawSql,
     /// `http:egress: { allow: [...], allow_ips: [...], resolve: {host: [ip]} }`
+    #[serde(rename = "http:egress")]
     HttpEgress(EgressGrant),
     /// `secrets:read: { keys: [...] }`
+    #[serde(rename = "secrets:read")]
     SecretsRead {
         /// Secret names the controller may read.
         keys: Vec<String>,
     },
     /// `queue:publish: { queues: [...] }`
+    #[serde(rename = "queue:publish")]
     QueuePublish {
         /// Queues the controller may publish to.
         queues: Vec<String>,
     },
     /// `queue:subscribe: { queues: [...] }`
+    #[serde(rename = "queue:subscribe")]
     QueueSubscribe {
         /// Queues the controller may receive from.
         queues: Vec<String>,
     },
     /// `cache:read: { prefix: "..." }`
+    #[serde(rename = "cache:read")]
     CacheRead {
         /// Key prefix the controller may read under.
         prefix: String,
     },
     /// `cache:write: { prefix: "...", max_ttl: 1h }`
+    #[serde(rename = "cache:write")]
     CacheWrite {
         /// Key prefix the controller may write under.
         prefix: String,
         /// Largest TTL a write may ask for.
+        #[serde(serialize_with = "as_duration_text")]
         max_ttl: Duration,
     },
     /// `fs:temp: { size: 50M }`
+    #[serde(rename = "fs:temp")]
     FsTemp {
         /// Size of the private temp filesystem in bytes.
         size: u64,
@@ -136,25 +150,32 @@ impl Contract {
 }
 
 /// Options of `http:egress`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct EgressGrant {
     /// Allow entries: `host`, `*.host`, optionally `scheme://` prefix and `:port` suffix.
     pub allow: Vec<String>,
     /// Private/reserved addresses or CIDRs explicitly allowed (`allow_ips: ["10.0.0.5", "10.1.0.0/16"]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_ips: Vec<String>,
     /// Static host → addresses mappings used when `EGRESS_RESOLVE_MODE=static` (`resolve:`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub resolve: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// Resource limits of one execution.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Resources {
     /// Wall-clock timeout; the execution is killed after it.
+    #[serde(serialize_with = "as_duration_text")]
     pub timeout: Duration,
     /// CPU share in cores.
     pub cpu: f64,
     /// Memory limit in bytes.
     pub memory: u64,
+}
+
+fn as_duration_text<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&units::format_duration(*d))
 }
 
 impl Default for Resources {
@@ -213,11 +234,12 @@ pub mod names;
 mod package;
 mod parse;
 mod pycheck;
+mod refs;
 pub mod units;
 
 pub use package::{
-    check_package, check_package_path, read_package_dir, Package, PackageKind, MAX_PACKAGE_BYTES,
-    MAX_PACKAGE_FILES,
+    check_package, check_package_dir, check_package_path, read_package_dir, Package, PackageKind,
+    MAX_PACKAGE_BYTES, MAX_PACKAGE_FILES,
 };
 pub use parse::{
     is_valid_name, parse_contract, CompiledContract, SchemaViolation, CAPABILITY_NAMES,
@@ -259,6 +281,28 @@ mod tests {
         ];
         let names: Vec<&str> = all.iter().map(Capability::name).collect();
         assert_eq!(names, CAPABILITY_NAMES);
+    }
+
+    #[test]
+    fn contracts_serialize_in_the_yaml_shape() {
+        let yaml = "name: T\nversion: 1.0.0\ninput: { type: object }\noutput: {}\ncapabilities:\n  - db:rawsql\n  - cache:write: { prefix: \"p:\" }\n  - http:egress: { allow: [a.com] }\nresources: { timeout: 1500ms }\n";
+        let compiled = parse_contract(yaml).unwrap();
+        let json = serde_json::to_value(compiled.contract()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "name": "T",
+                "version": "1.0.0",
+                "input": {"type": "object"},
+                "output": {},
+                "capabilities": [
+                    "db:rawsql",
+                    {"cache:write": {"prefix": "p:", "max_ttl": "1h"}},
+                    {"http:egress": {"allow": ["a.com"]}},
+                ],
+                "resources": {"timeout": "1500ms", "cpu": 0.5, "memory": 268435456},
+            })
+        );
     }
 
     #[test]

@@ -63,12 +63,17 @@ fn problem(
     }
 }
 
-/// A path as it may be shown in a message (control characters escaped).
+/// A path as it may be shown in a message: control characters escaped, cut after 200
+/// characters.
 fn shown(path: &str) -> String {
-    if path.chars().any(char::is_control) {
+    let escaped = if path.chars().any(char::is_control) {
         path.escape_debug().to_string()
     } else {
         path.to_string()
+    };
+    match escaped.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped,
     }
 }
 
@@ -235,23 +240,54 @@ pub fn check_package(files: BTreeMap<String, Vec<u8>>) -> Result<Package, Contra
 /// inside the folder; one that leaves it, a broken one, a loop and any special file are
 /// problems. The limits of [`check_package`] apply while reading.
 pub fn read_package_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, ContractErrors> {
+    let read = read_dir_collect(dir);
+    if read.problems.is_empty() {
+        Ok(read.files)
+    } else {
+        Err(ContractErrors(read.problems))
+    }
+}
+
+/// [`read_package_dir`] then [`check_package`], reporting the problems of both at once
+/// (what `magic validate DIR` shows). When reading stopped at a limit, only the reading
+/// problems are reported: the files read so far are not the package.
+pub fn check_package_dir(dir: &Path) -> Result<Package, ContractErrors> {
+    let read = read_dir_collect(dir);
+    if read.stopped {
+        return Err(ContractErrors(read.problems));
+    }
+    match check_package(read.files) {
+        Ok(package) if read.problems.is_empty() => Ok(package),
+        Ok(_) => Err(ContractErrors(read.problems)),
+        Err(ContractErrors(found)) => {
+            let mut problems = read.problems;
+            problems.extend(found);
+            Err(ContractErrors(problems))
+        }
+    }
+}
+
+/// What reading a folder found.
+struct ReadDir {
+    files: BTreeMap<String, Vec<u8>>,
+    problems: Vec<Problem>,
+    /// The folder could not be read, or a limit stopped the walk.
+    stopped: bool,
+}
+
+fn read_dir_collect(dir: &Path) -> ReadDir {
     let display = dir.display().to_string();
+    let stopped = |reason: String| ReadDir {
+        files: BTreeMap::new(),
+        problems: vec![problem(display.clone(), "", reason)],
+        stopped: true,
+    };
     let root = match fs::canonicalize(dir) {
         Ok(root) => root,
-        Err(e) => {
-            return Err(ContractErrors(vec![problem(
-                display,
-                "",
-                format!("cannot open the package folder: {e}"),
-            )]))
-        }
+        Err(e) => return stopped(format!("cannot open the package folder: {e}")),
     };
     if !root.is_dir() {
-        return Err(ContractErrors(vec![problem(
-            display,
-            "",
-            "is not a folder: give the folder that holds contract.yaml",
-        )]));
+        return stopped("is not a folder: give the folder that holds contract.yaml".into());
     }
     let mut reader = DirReader {
         root: root.clone(),
@@ -263,10 +299,10 @@ pub fn read_package_dir(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>, Contrac
         full: false,
     };
     reader.walk(&root, "", 0);
-    if reader.problems.is_empty() {
-        Ok(reader.files)
-    } else {
-        Err(ContractErrors(reader.problems))
+    ReadDir {
+        files: reader.files,
+        problems: reader.problems,
+        stopped: reader.full,
     }
 }
 
@@ -708,6 +744,16 @@ mod tests {
         }
 
         let mut f = python_package();
+        f.insert("x".repeat(5000), b"x".to_vec());
+        let found = problems_of(f);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.file.chars().count() == 201 && p.reason.contains("longer than")),
+            "{found:?}"
+        );
+
+        let mut f = python_package();
         f.insert("lib".into(), b"x".to_vec());
         f.insert("lib/util.py".into(), b"x".to_vec());
         assert!(has(&problems_of(f), "lib", "", "uses it as a folder"));
@@ -891,6 +937,57 @@ mod tests {
         );
         let found = dir_problems(&s.pkg.join("contract.yaml"));
         assert!(found[0].reason.contains("is not a folder"), "{found:?}");
+    }
+
+    #[test]
+    fn check_package_dir_reports_reading_and_checking_problems_together() {
+        let s = scratch();
+        assert_eq!(check_package_dir(&s.pkg).unwrap().kind, PackageKind::Python);
+        symlink("/etc/passwd", s.pkg.join("passwd")).unwrap();
+        fs::write(
+            s.pkg.join("contract.yaml"),
+            CONTRACT.replace("1.0.0", "one"),
+        )
+        .unwrap();
+        let found = match check_package_dir(&s.pkg) {
+            Ok(_) => panic!("accepted"),
+            Err(ContractErrors(found)) => found,
+        };
+        assert!(
+            has(&found, "passwd", "", "outside the package folder"),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "contract.yaml", "version", "semantic version"),
+            "{found:?}"
+        );
+        assert_eq!(found.len(), 2, "{found:?}");
+
+        // A reading problem alone still fails the package.
+        fs::write(s.pkg.join("contract.yaml"), CONTRACT).unwrap();
+        let Err(ContractErrors(found)) = check_package_dir(&s.pkg) else {
+            panic!("accepted a package with a symlink out of it");
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+
+        // Past a limit, the partial read is not checked (no spurious "missing contract.yaml").
+        fs::remove_file(s.pkg.join("passwd")).unwrap();
+        fs::create_dir_all(s.pkg.join("a_data")).unwrap();
+        for i in 0..=MAX_PACKAGE_FILES {
+            fs::write(s.pkg.join(format!("a_data/{i:04}.txt")), "").unwrap();
+        }
+        let Err(ContractErrors(found)) = check_package_dir(&s.pkg) else {
+            panic!("accepted");
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].reason.contains("more than 1000 files"),
+            "{found:?}"
+        );
+        let Err(ContractErrors(found)) = check_package_dir(&s.pkg.join("missing")) else {
+            panic!("accepted");
+        };
+        assert!(found[0].reason.contains("cannot open"), "{found:?}");
     }
 
     #[test]

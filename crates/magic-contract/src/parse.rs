@@ -17,6 +17,7 @@ use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::egress::{self, AllowHost};
 use crate::names::{self, suggestion};
+use crate::refs::{value_depth, Shape};
 use crate::units::{format_duration, parse_bytes, parse_cpu, parse_duration};
 use crate::{
     Capability, Contract, ContractErrors, EgressGrant, Problem, Resources, DEFAULT_CACHE_MAX_TTL,
@@ -71,12 +72,18 @@ pub struct SchemaViolation {
     pub message: String,
 }
 
+/// A compiled schema and what validating against it can cost.
+struct Schema {
+    validator: jsonschema::Validator,
+    shape: Shape,
+}
+
 /// A contract whose input and output schemas are compiled (once per deploy).
 pub struct CompiledContract {
     contract: Contract,
     description: Option<String>,
-    input: jsonschema::Validator,
-    output: jsonschema::Validator,
+    input: Schema,
+    output: Schema,
 }
 
 impl std::fmt::Debug for CompiledContract {
@@ -111,11 +118,20 @@ impl CompiledContract {
     }
 }
 
-fn violations(
-    validator: &jsonschema::Validator,
-    instance: &Json,
-) -> Result<(), Vec<SchemaViolation>> {
-    let found: Vec<SchemaViolation> = validator
+fn violations(schema: &Schema, instance: &Json) -> Result<(), Vec<SchemaViolation>> {
+    // A recursive schema recurses as deep as the value: bound it before the stack does.
+    if let Some(max) = schema.shape.max_value_depth() {
+        if value_depth(instance, max) > max {
+            return Err(vec![SchemaViolation {
+                path: String::new(),
+                message: format!(
+                    "the value is nested more than {max} levels deep, deeper than this schema can check"
+                ),
+            }]);
+        }
+    }
+    let found: Vec<SchemaViolation> = schema
+        .validator
         .iter_errors(instance)
         .take(MAX_VIOLATIONS)
         .map(|e| SchemaViolation {
@@ -501,11 +517,7 @@ impl Walker {
         }
     }
 
-    fn schema(
-        &mut self,
-        field: &str,
-        value: Option<&Yaml>,
-    ) -> Option<(Json, jsonschema::Validator)> {
+    fn schema(&mut self, field: &str, value: Option<&Yaml>) -> Option<(Json, Schema)> {
         let value = match value {
             None | Some(Yaml::Null) => {
                 self.problem(
@@ -545,8 +557,15 @@ impl Walker {
                 return None;
             }
         }
+        let shape = match crate::refs::check_schema_refs(&json) {
+            Ok(shape) => shape,
+            Err(reason) => {
+                self.problem(field, reason);
+                return None;
+            }
+        };
         match compile_schema(&json) {
-            Ok(validator) => Some((json, validator)),
+            Ok(validator) => Some((json, Schema { validator, shape })),
             Err(reason) => {
                 self.problem(field, reason);
                 None
@@ -1153,7 +1172,11 @@ impl Walker {
                     continue;
                 };
                 if let AllowHost::Ip(ip) = entry.host {
-                    if !nets.iter().any(|n: &ipnet::IpNet| n.contains(&ip)) {
+                    let canonical = ip.to_canonical();
+                    if !nets
+                        .iter()
+                        .any(|n: &ipnet::IpNet| n.contains(&ip) || n.contains(&canonical))
+                    {
                         self.problem(
                             format!("{field}.allow[{i}]"),
                             format!(
@@ -1650,6 +1673,72 @@ resources: { timeout: 10s, cpu: 0.5, memory: 256Mi }
     }
 
     #[test]
+    fn recursive_schemas_are_refused_or_bounded() {
+        for schema in [
+            "{ $ref: \"#\" }",
+            "{ $defs: { a: { $ref: \"#/$defs/b\" }, b: { $ref: \"#/$defs/a\" } }, $ref: \"#/$defs/a\" }",
+            "{ anyOf: [{ type: string }, { $ref: \"#\" }] }",
+        ] {
+            let yaml = HEAD.replace("input: { type: object }", &format!("input: {schema}"));
+            assert_problem(&yaml, "input", "refers to itself");
+        }
+        // Recursion that descends into the value is fine, even 128 levels deep.
+        let yaml = HEAD.replace(
+            "input: { type: object }",
+            "input: { type: object, properties: { child: { $ref: \"#\" } } }",
+        );
+        let c = parse_contract(&yaml).unwrap();
+        let mut deep = json!({});
+        for _ in 0..127 {
+            deep = json!({ "child": deep });
+        }
+        assert_eq!(c.validate_input(&deep), Ok(()));
+    }
+
+    #[test]
+    fn worst_case_accepted_recursion_fits_a_small_stack() {
+        // The longest in-place chain accepted, repeated at every level of the value.
+        // Each link is two in-place steps: allOf, then $ref.
+        let mut defs = String::new();
+        let last = crate::refs::MAX_IN_PLACE_DEPTH / 2 - 1;
+        for i in 0..last {
+            defs.push_str(&format!(
+                "d{i}: {{ allOf: [{{ $ref: \"#/$defs/d{}\" }}] }}, ",
+                i + 1
+            ));
+        }
+        defs.push_str(&format!(
+            "d{last}: {{ type: object, properties: {{ child: {{ $ref: \"#/$defs/d0\" }} }} }}"
+        ));
+        let yaml = HEAD.replace(
+            "input: { type: object }",
+            &format!("input: {{ $defs: {{ {defs} }}, $ref: \"#/$defs/d0\" }}"),
+        );
+        let c = std::sync::Arc::new(match parse_contract(&yaml) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        });
+        let max = c.input.shape.max_value_depth().unwrap();
+        let nested = |levels: usize| {
+            let mut v = json!({});
+            for _ in 0..levels {
+                v = json!({ "child": v });
+            }
+            v
+        };
+        // Tokio's default worker stack is 2 MiB.
+        let (shared, deepest) = (c.clone(), nested(max));
+        let worker = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || shared.validate_input(&deepest))
+            .unwrap();
+        assert_eq!(worker.join().unwrap(), Ok(()));
+        let errs = c.validate_input(&nested(max + 1)).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("nested more than"), "{errs:?}");
+    }
+
+    #[test]
     fn valid_schemas_compile() {
         for schema in [
             "true",
@@ -1745,6 +1834,11 @@ resources: { timeout: 10s, cpu: 0.5, memory: 256Mi }
                 allow: vec!["10.0.0.5:8080".into(), "internal.example.com".into()],
                 allow_ips: vec!["10.0.0.0/24".into(), "fd00::1".into()],
                 resolve: BTreeMap::from([("internal.example.com".to_string(), vec!["10.0.0.7".parse::<IpAddr>().unwrap(), "fd00::1".parse().unwrap()])]),
+            })),
+            ("- http:egress: { allow: [\"[::ffff:10.0.0.5]\"], allow_ips: [10.0.0.0/8] }", Capability::HttpEgress(EgressGrant {
+                allow: vec!["[::ffff:10.0.0.5]".into()],
+                allow_ips: vec!["10.0.0.0/8".into()],
+                resolve: BTreeMap::new(),
             })),
             ("- http:egress: { allow: [\"*.example.com\"], resolve: { a.b.example.com: [203.0.113.9] } }", Capability::HttpEgress(EgressGrant {
                 allow: vec!["*.example.com".into()],

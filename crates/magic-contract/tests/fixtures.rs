@@ -122,3 +122,15 @@ fn broken_package_lists_every_problem() {
     }
     assert_eq!(found.len(), 11, "{found:#?}");
 }
+
+#[test]
+fn serialized_contracts_parse_back_to_the_same_contract() {
+    for name in ["invoice_sync", "hello_world", "every_capability"] {
+        let package = load(name);
+        let contract = package.contract.contract();
+        let json = serde_json::to_string(contract).unwrap();
+        // JSON is YAML: the serialized form is itself a valid contract.
+        let again = magic_contract::parse_contract(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(again.contract(), contract, "{name}");
+    }
+}
