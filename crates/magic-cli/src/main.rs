@@ -292,7 +292,7 @@ fn read_input(arg: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 fn validate(dir: &std::path::Path) -> ExitCode {
-    let checked = magic_contract::read_package_dir(dir).and_then(magic_contract::check_package);
+    let checked = magic_contract::check_package_dir(dir);
     match checked {
         Ok(package) => {
             let c = package.contract.contract();

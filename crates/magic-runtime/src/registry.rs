@@ -155,25 +155,8 @@ pub fn capability_names(contract: &Contract) -> Vec<String> {
     contract
         .capabilities
         .iter()
-        .map(|c| capability_name(c).to_string())
+        .map(|c| c.name().to_string())
         .collect()
-}
-
-/// The contract name of one capability (`db:read`, …).
-pub fn capability_name(c: &magic_contract::Capability) -> &'static str {
-    use magic_contract::Capability as C;
-    match c {
-        C::DbRead { .. } => "db:read",
-        C::DbWrite { .. } => "db:write",
-        C::DbRawSql => "db:rawsql",
-        C::HttpEgress(_) => "http:egress",
-        C::SecretsRead { .. } => "secrets:read",
-        C::QueuePublish { .. } => "queue:publish",
-        C::QueueSubscribe { .. } => "queue:subscribe",
-        C::CacheRead { .. } => "cache:read",
-        C::CacheWrite { .. } => "cache:write",
-        C::FsTemp { .. } => "fs:temp",
-    }
 }
 
 /// SHA-256 over the package: for each file in path order, its path, NUL, length, NUL, bytes.
