@@ -217,7 +217,7 @@ mod tests {
                 input.push_str(rng.pick(ENTRIES));
             }
             let mut bytes = input.into_bytes();
-            if rng.next() % 2 == 0 {
+            if rng.next() & 1 == 0 {
                 bytes.push(b'\n');
                 bytes.extend_from_slice(&rng.next().to_le_bytes());
                 bytes.extend_from_slice(&rng.next().to_le_bytes());

@@ -6,6 +6,28 @@
 //!
 //! Must never: connect to an address it did not check, follow a redirect without re-checking
 //! it, or let a controller set hop-by-hop or `Host` headers.
+//!
+//! # Use
+//! One [`Egress`] per process: `Egress::new(EgressConfig::from_env()?)` (reads
+//! `EGRESS_RESOLVE_MODE`), then `egress.send(&grant, request).await` for every
+//! `self.http.*` call. The caller writes the audit record and metrics from the
+//! [`EgressResponse`] (host, resolved IP, status, latency) or from the [`EgressError`]
+//! (code, host, reason).
+//!
+//! # Decisions (in order, per hop)
+//! 1. The raw URL: at most [`policy::MAX_URL_LEN`] bytes, no control characters or whitespace
+//!    (the WHATWG parser would silently drop them), then parsed once by the `url` crate, the
+//!    parser the client connects with. Method in GET/HEAD/POST/PUT/PATCH/DELETE/OPTIONS.
+//! 2. [`Target`]: `http`/`https` only, no credentials, host as parsed (IDNA ASCII, IPv4 number
+//!    forms decoded, trailing dot removed), effective port.
+//! 3. An allow entry must match ([`allow`]); an IP-literal URL only matches an entry naming
+//!    that exact IP, and its address must pass step 5.
+//! 4. The resolver ([`resolve`]) resolves the name once (DNS, or the grant's `resolve` map in
+//!    static mode), refusing names no entry names.
+//! 5. Every address is classified ([`addr`]); any non-public address not covered by
+//!    `allow_ips` refuses the whole answer (E2008). The connector gets only these addresses.
+//! 6. TLS verifies the certificate against the URL's host name (SNI is that name).
+//! 7. Redirects: at most [`EgressConfig::max_redirects`], each hop goes through 1-6 again.
 
 pub mod addr;
 pub mod allow;
@@ -58,6 +80,8 @@ pub struct EgressResponse {
     pub resolved_ip: Option<IpAddr>,
     /// Time taken.
     pub latency: Duration,
+    /// URL of the final hop (after redirects).
+    pub final_url: String,
 }
 
 /// Why a request was refused or failed.
@@ -119,6 +143,13 @@ impl EgressError {
             | EgressError::Failed(_) => ErrorCode::ControllerFailed,
         }
     }
+}
+
+/// Problems in a grant (invalid allow entries, `allow_ips`, `resolve` keys), for contract
+/// validation at deploy time. Empty for a valid grant. At run time invalid entries match
+/// nothing.
+pub fn grant_problems(grant: &EgressGrant) -> Vec<String> {
+    Policy::from_grant(grant).problems().to_vec()
 }
 
 /// Default cap on a response body.
@@ -384,6 +415,7 @@ impl Egress {
             host,
             resolved_ip: resp.remote_addr().map(|a| a.ip()),
             latency: started.elapsed(),
+            final_url: resp.url().to_string(),
         })
     }
 }

@@ -2,6 +2,8 @@
 //! are mapped to 127.0.0.1 (the servers) or 127.0.0.2 (a canary that must never be reached)
 //! through the resolver's test hook; grants list 127.0.0.1 in `allow_ips`.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -196,7 +198,7 @@ struct Flip {
 impl HostLookup for Flip {
     fn lookup(&self, _host: String) -> magic_egress::resolve::LookupFuture {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        let ip = if n % 2 == 0 { "127.0.0.1" } else { "127.0.0.2" };
+        let ip = if n & 1 == 0 { "127.0.0.1" } else { "127.0.0.2" };
         Box::pin(async move { Ok(vec![ip.parse().unwrap()]) })
     }
 }
@@ -369,6 +371,7 @@ async fn redirects_are_rechecked_every_hop() {
     assert_eq!(echo["method"], "POST");
     assert_eq!(echo["body"], "payload");
     assert_eq!(echo["headers"]["x-request-id"], "req-test-1");
+    assert_eq!(r.final_url, format!("http://api.test:{p}/echo"));
 
     // Five redirects are followed, the sixth is refused.
     let mut url = format!("http://api.test:{p}/hello");

@@ -1,7 +1,7 @@
 //! Test servers for the egress tests: plain HTTP and HTTPS (test CA made with rcgen) on
 //! loopback, with hit counters and the SNI each TLS connection presented.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
