@@ -345,6 +345,13 @@ impl Egress {
         Ok((policy, client))
     }
 
+    /// The allowlist decision for `url` under `grant` without sending anything or resolving
+    /// names (steps 1-3; an IP-literal URL also gets its address check). `send` makes the
+    /// same decision and more; this is for callers that want to refuse or audit early.
+    pub fn check_url(&self, grant: &EgressGrant, url: &str) -> Result<Target, EgressError> {
+        Policy::from_grant(grant).check_url(&Policy::parse_url(url)?)
+    }
+
     /// Perform `request` under `grant`.
     ///
     /// Checks the URL against the grant, sends with sanitized headers and `X-Request-ID`,

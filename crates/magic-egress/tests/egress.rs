@@ -541,3 +541,87 @@ async fn ipv6_loopback_is_refused_by_name() {
     let g = grant(&["http://v6.test:8080"], &["127.0.0.1"]);
     assert_eq!(code(&egress, &g, get("http://v6.test:8080/")).await, E2008);
 }
+
+#[tokio::test]
+async fn ipv6_loopback_server_with_allow_ips() {
+    let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        return; // no IPv6 loopback on this machine
+    };
+    let p = listener.local_addr().unwrap().port();
+    drop(listener);
+    let srv = http_server_on("::1", p).await;
+    let lookup = MapLookup::new().with("v6.test", &[ip("::1")]);
+    let egress = Egress::new(config(None, lookup));
+    let by_name = grant(&[&format!("http://v6.test:{p}")], &["::1"]);
+    let r = egress
+        .send(&by_name, get(&format!("http://v6.test:{p}/")))
+        .await
+        .unwrap();
+    assert_eq!(r.resolved_ip, Some(ip("::1")));
+    let literal = grant(&[&format!("http://[::1]:{p}")], &["::1/128"]);
+    let r = egress
+        .send(&literal, get(&format!("http://[0:0::1]:{p}/")))
+        .await
+        .unwrap();
+    assert_eq!(r.host, "[::1]");
+    // IPv4 loopback in allow_ips does not cover ::1, and zone IDs never parse.
+    let v4_only = grant(&[&format!("http://[::1]:{p}")], &["127.0.0.1"]);
+    let c = code(&egress, &v4_only, get(&format!("http://[::1]:{p}/"))).await;
+    assert_eq!(c, E2008);
+    let c = code(&egress, &literal, get(&format!("http://[::1%25lo]:{p}/"))).await;
+    assert_eq!(c, E2002);
+    assert_eq!(srv.hits.get(), 2);
+}
+
+#[test]
+fn check_url_is_the_same_decision_without_io() {
+    let egress = Egress::new(config(None, MapLookup::new()));
+    let g = grant(&["*.example.com", "http://127.0.0.1:8080"], &[]);
+    let t = egress.check_url(&g, "https://A.example.com./x").unwrap();
+    assert_eq!(
+        t.host,
+        magic_egress::TargetHost::Domain("a.example.com".into())
+    );
+    let code = |u: &str| egress.check_url(&g, u).unwrap_err().code();
+    assert_eq!(code("https://example.com/"), E2002);
+    assert_eq!(code("http://0x7f.1:8080/"), E2008);
+    assert_eq!(code("https://a.example.com /"), E2002);
+}
+
+/// Not a pass/fail test: prints request latency over loopback (`--ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn measure_latency() {
+    let srv = http_server("127.0.0.1").await;
+    let p = srv.port();
+    let egress = Egress::new(config(None, lookup()));
+    let g = grant(&[&format!("http://api.test:{p}")], &["127.0.0.1"]);
+    let url = format!("http://api.test:{p}/hello");
+    let t = Instant::now();
+    egress.send(&g, get(&url)).await.unwrap();
+    println!("first request (client build + connect): {:?}", t.elapsed());
+    let mut v = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        egress.send(&g, get(&url)).await.unwrap();
+        v.push(t.elapsed());
+    }
+    v.sort();
+    println!(
+        "pooled: p50 {:?} p99 {:?}",
+        v[v.len() / 2],
+        v[v.len() * 99 / 100]
+    );
+    let t = Instant::now();
+    for i in 0..200 {
+        let g = grant(
+            &[&format!("http://api.test:{p}"), &format!("x{i}.test")],
+            &["127.0.0.1"],
+        );
+        egress.send(&g, get(&url)).await.unwrap();
+    }
+    println!(
+        "new grant each time (client build + connect): {:?} avg",
+        t.elapsed() / 200
+    );
+}
