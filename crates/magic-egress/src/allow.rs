@@ -115,6 +115,9 @@ pub enum TargetError {
     /// No host, or an empty one.
     #[error("the URL has no host")]
     NoHost,
+    /// A domain with an empty label (`.example.com`, `a..b`, `example.com..`).
+    #[error("the host has an empty label")]
+    EmptyLabel,
 }
 
 /// Normalise a domain the way entries and destinations are compared: strip one trailing dot.
@@ -281,6 +284,9 @@ impl Target {
                 if d.is_empty() {
                     return Err(TargetError::NoHost);
                 }
+                if d.split('.').any(str::is_empty) {
+                    return Err(TargetError::EmptyLabel);
+                }
                 TargetHost::Domain(d.to_string())
             }
             Some(Host::Ipv4(ip)) => TargetHost::Ip(IpAddr::V4(ip)),
@@ -337,7 +343,6 @@ mod tests {
             ("api.example.com", "https://API.EXAMPLE.com/", true),
             ("api.example.com", "https://api.example.com./", true),
             ("api.example.com.", "https://api.example.com/", true),
-            ("api.example.com", "https://api.example.com../", false),
             // wildcard: subdomains only, any depth
             ("*.example.com", "https://a.example.com/", true),
             ("*.example.com", "https://a.b.example.com/", true),
@@ -473,6 +478,10 @@ mod tests {
             ("https://user@example.com/", TargetError::Credentials),
             ("https://user:pw@example.com/", TargetError::Credentials),
             ("https://:pw@example.com/", TargetError::Credentials),
+            ("https://.example.com/", TargetError::EmptyLabel),
+            ("https://..example.com/", TargetError::EmptyLabel),
+            ("https://a..example.com/", TargetError::EmptyLabel),
+            ("https://example.com../", TargetError::EmptyLabel),
         ] {
             assert_eq!(
                 Target::from_url(&Url::parse(url).unwrap()),
