@@ -269,12 +269,30 @@ fn op_name(op: &DbOp) -> &'static str {
     }
 }
 
+/// Tables no contract can grant: the runtime's own (`magic_*`, which in production may
+/// share the database) and the system catalogs (`pg_*`, `sqlite_*`).
+pub(crate) fn reserved_table(table: &str) -> bool {
+    let t = table.to_ascii_lowercase();
+    ["magic_", "pg_", "sqlite_"]
+        .iter()
+        .any(|p| t.starts_with(p))
+}
+
 /// Check the table of a structured call against the contract. Pure.
 pub(crate) fn check_table(
     contract: &magic_contract::Contract,
     capability: &'static str,
     table: &str,
 ) -> Result<(), BrokerError> {
+    if reserved_table(table) {
+        return Err(denied(
+            ErrorCode::TableNotAllowed,
+            capability,
+            table,
+            "nothing: tables named magic_*, pg_* and sqlite_* belong to the runtime and the database".into(),
+            format!("table {table} is reserved and cannot be granted to a controller"),
+        ));
+    }
     let pick: for<'a> fn(&'a Capability) -> Option<&'a Vec<String>> = if capability == "db:read" {
         |c| match c {
             Capability::DbRead { tables } => Some(tables),
@@ -364,5 +382,55 @@ impl CapabilityModule for DbModule {
                 self.run_structured(other, &table).await
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::denial::tests::contract;
+
+    #[test]
+    fn tables_are_checked_and_reserved_ones_never_granted() {
+        let c = contract(vec![
+            Capability::DbRead {
+                tables: vec!["orders".into(), "magic_api_keys".into(), "pg_authid".into()],
+            },
+            Capability::DbWrite {
+                tables: vec!["invoices".into()],
+            },
+        ]);
+        let cases = [
+            ("db:read", "orders", None),
+            ("db:read", "invoices", Some(ErrorCode::TableNotAllowed)),
+            ("db:write", "invoices", None),
+            ("db:write", "orders", Some(ErrorCode::TableNotAllowed)),
+            (
+                "db:read",
+                "magic_api_keys",
+                Some(ErrorCode::TableNotAllowed),
+            ),
+            (
+                "db:read",
+                "MAGIC_broker_secrets",
+                Some(ErrorCode::TableNotAllowed),
+            ),
+            ("db:read", "pg_authid", Some(ErrorCode::TableNotAllowed)),
+            ("db:read", "sqlite_master", Some(ErrorCode::TableNotAllowed)),
+        ];
+        for (cap, table, want) in cases {
+            assert_eq!(
+                check_table(&c, cap, table).err().map(|e| e.code),
+                want,
+                "{cap} {table}"
+            );
+        }
+        let none = contract(vec![]);
+        assert_eq!(
+            check_table(&none, "db:write", "orders")
+                .err()
+                .map(|e| e.code),
+            Some(ErrorCode::CapabilityNotDeclared)
+        );
     }
 }
