@@ -138,20 +138,41 @@ async fn secrets_are_scoped_and_never_leak(env: &Env) {
 both!(secrets_are_scoped_and_never_leak);
 
 async fn secrets_are_encrypted_at_rest(env: &Env) {
-    if env.kind != Kind::Embedded {
-        return;
-    }
     env.broker
         .set_secret("a", "Billing", "K", "plaintext-marker-123")
         .await
         .expect("set");
-    let db = std::fs::read(env.dir.path().join("magic.db")).unwrap_or_default();
-    let wal = std::fs::read(env.dir.path().join("magic.db-wal")).unwrap_or_default();
-    let hay = [db, wal].concat();
-    assert!(
-        !hay.windows(20).any(|w| w == b"plaintext-marker-123"),
-        "secret in clear text on disk"
-    );
+    // The stored row holds only the sealed value.
+    let store_url = match env.kind {
+        Kind::Embedded => format!("sqlite://{}", env.dir.path().join("magic.db").display()),
+        Kind::Production => env.app_url.clone(),
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&store_url).await.expect("store");
+    let (sealed,): (String,) = sqlx::query_as(
+        "SELECT sealed FROM magic_broker_secrets WHERE controller = $1 AND name = $2",
+    )
+    .bind("Billing")
+    .bind("K")
+    .fetch_one(&pool)
+    .await
+    .expect("row");
+    pool.close().await;
+    assert!(sealed.len() > 20);
+    assert!(!sealed.contains("plaintext-marker"));
+    if env.kind == Kind::Embedded {
+        let db = std::fs::read(env.dir.path().join("magic.db")).unwrap_or_default();
+        let wal = std::fs::read(env.dir.path().join("magic.db-wal")).unwrap_or_default();
+        let hay = [db, wal].concat();
+        assert!(
+            hay.windows(7).any(|w| w == b"Billing"),
+            "the files were read"
+        );
+        assert!(
+            !hay.windows(20).any(|w| w == b"plaintext-marker-123"),
+            "secret in clear text on disk"
+        );
+    }
 }
 both!(secrets_are_encrypted_at_rest);
 
@@ -496,4 +517,95 @@ async fn temp_dirs() {
     let p = dir.path().to_path_buf();
     drop(dir);
     assert!(!p.exists());
+}
+
+/// Concurrent receivers never get the same message twice while it is invisible, and
+/// together they get every message.
+async fn concurrent_receivers_split_the_queue(env: &Env) {
+    let q = unique("split");
+    let backend = env.broker.queue();
+    for n in 0..40 {
+        backend.publish(&q, &json!(n)).await.expect("publish");
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let backend = env.broker.queue();
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = backend.receive(&q, 3).await.expect("receive");
+                if batch.is_empty() {
+                    break;
+                }
+                for d in batch {
+                    got.push(d.message.as_i64().unwrap_or(-1));
+                    backend.ack(&q, &d.id).await.expect("ack");
+                }
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("join"));
+    }
+    all.sort_unstable();
+    assert_eq!(all, (0..40).collect::<Vec<i64>>());
+}
+both!(concurrent_receivers_split_the_queue);
+
+struct FailingSink;
+
+#[async_trait::async_trait]
+impl magic_audit::AuditSink for FailingSink {
+    async fn append(&self, _event: magic_audit::AuditEvent) -> Result<(), magic_audit::AuditError> {
+        Err(magic_audit::AuditError::Closed)
+    }
+}
+
+/// A call whose audit record cannot be written is not answered with its value.
+#[tokio::test]
+async fn unaudited_calls_fail_closed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let store = magic_store::Store::open(None, dir.path())
+        .await
+        .expect("store");
+    let broker = magic_broker::CapabilityBroker::connect(
+        magic_broker::BrokerConfig::new(dir.path()),
+        std::sync::Arc::new(FailingSink),
+        store,
+    )
+    .await
+    .expect("broker");
+    assert!(
+        broker.set_secret("admin", "C", "K", "v").await.is_err(),
+        "an admin action reports its missing audit record"
+    );
+    let env = Env::new(Kind::Embedded).await;
+    let ctx = env.ctx("C", vec![Capability::CacheRead { prefix: "k".into() }]);
+    let r = broker
+        .call(
+            &ctx,
+            magic_broker::CapabilityCall {
+                capability: "cache".into(),
+                op: "get".into(),
+                args: json!({"key": "k1"}),
+            },
+        )
+        .await
+        .result;
+    assert_eq!(code(&r), "E5003");
+    let r = broker
+        .call(
+            &ctx,
+            magic_broker::CapabilityCall {
+                capability: "cache".into(),
+                op: "get".into(),
+                args: json!({"key": "x"}),
+            },
+        )
+        .await
+        .result;
+    assert_eq!(code(&r), "E5003", "denials too");
 }
