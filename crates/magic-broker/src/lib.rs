@@ -4,7 +4,7 @@
 //! checked against the contract (default deny), performed with the runtime's credentials,
 //! audited (capability, target, outcome, request ID) and answered. One module per capability
 //! (`db`, `secrets`, `cache`, `queue`, `fs`, `http`), each implementing the one
-//! [`capability::CapabilityModule`] trait; the modules never import each other. Backends sit
+//! `capability::CapabilityModule` trait; the modules never import each other. Backends sit
 //! behind small traits (`KvBackend`, [`QueueBackend`]) with an embedded and a production impl.
 //!
 //! Must never: perform a call the contract does not grant, build SQL from strings a
