@@ -400,6 +400,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.execution_mode = execution_mode;
     config.max_body_bytes = args.max_body_bytes;
     config.python = args.python;
+    config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

@@ -1,7 +1,8 @@
 //! Server configuration: one struct filled from flags and environment by the CLI.
 //!
 //! Owns: the settings `magic serve` runs with, their defaults and their validation. Must never:
-//! read the environment itself (the CLI does, so that tests can build configs directly).
+//! read the environment outside the `*_from_env` helpers the CLI calls (tests build configs
+//! directly).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -75,12 +76,16 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Python interpreter (`MAGIC_PYTHON`, else `python3` on PATH).
     pub python: Option<PathBuf>,
+    /// The capability broker's settings (application database, Redis, master key, egress).
+    /// Its `data_dir` is replaced by [`ServeConfig::data_dir`] at start.
+    pub broker: magic_broker::BrokerConfig,
 }
 
 impl ServeConfig {
     /// Defaults for a data dir (tests and embedded use).
     pub fn new(data_dir: PathBuf) -> Self {
         ServeConfig {
+            broker: magic_broker::BrokerConfig::new(data_dir.clone()),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir,
             database_url: None,
@@ -117,6 +122,24 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// The broker's settings from the environment (`MAGIC_APP_DATABASE_URL`, `MAGIC_MASTER_KEY`,
+/// `MAGIC_MASTER_KEY_FILE`, `EGRESS_RESOLVE_MODE`), completed with the server's own database
+/// and Redis URLs: controllers' business data live in the same database as the runtime's
+/// state unless `MAGIC_APP_DATABASE_URL` says otherwise. Used by the CLI only.
+pub fn broker_config_from_env(serve: &ServeConfig) -> Result<magic_broker::BrokerConfig, ConfigError> {
+    let mut broker = magic_broker::BrokerConfig::from_env(serve.data_dir.clone()).map_err(|reason| {
+        ConfigError::Invalid {
+            setting: "EGRESS_RESOLVE_MODE",
+            reason,
+        }
+    })?;
+    if std::env::var("MAGIC_APP_DATABASE_URL").map_or(true, |v| v.trim().is_empty()) {
+        broker.app_database_url = serve.database_url.clone();
+    }
+    broker.redis_url = serve.redis_url.clone();
+    Ok(broker)
 }
 
 #[cfg(test)]

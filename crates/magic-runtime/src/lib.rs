@@ -60,6 +60,9 @@ pub enum StartError {
     /// Files in the data dir could not be written.
     #[error("data dir: {0}")]
     DataDir(std::io::Error),
+    /// The capability broker could not start.
+    #[error("capability broker: {0}")]
+    Broker(#[from] magic_broker::BrokerInitError),
     /// Metrics could not be registered.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -87,6 +90,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Runs executions.
     pub executor: Executor,
+    /// The capability broker (also used for secrets and approvals by the admin API).
+    pub broker: Arc<CapabilityBroker>,
     /// Where audit events go.
     pub audit: Arc<dyn AuditSink>,
     /// Where the bootstrap admin key was written, when it was generated.
@@ -153,8 +158,11 @@ impl Runtime {
         let python = executor::find_python(config.python.as_deref()).map_err(StartError::Python)?;
         let metrics = Arc::new(Metrics::new()?);
         let audit: Arc<dyn AuditSink> = Arc::new(magic_audit::MemoryAuditSink::default());
-        let broker = Arc::new(CapabilityBroker::new(audit.clone()));
-        let executor = Executor::new(python, sdk_dir, temp_root, broker, metrics.clone());
+        let mut broker_config = config.broker.clone();
+        broker_config.data_dir = config.data_dir.clone();
+        let broker =
+            Arc::new(CapabilityBroker::connect(broker_config, audit.clone(), store.clone()).await?);
+        let executor = Executor::new(python, sdk_dir, temp_root, broker.clone(), metrics.clone());
         Ok(Arc::new(Runtime {
             config,
             store,
@@ -162,6 +170,7 @@ impl Runtime {
             keys,
             metrics,
             executor,
+            broker,
             audit,
             admin_key_file,
         }))
@@ -205,6 +214,15 @@ impl Runtime {
             if migrated { "ok" } else { "pending" }.into(),
         );
         ready &= migrated;
+        let broker = self.broker.readiness().await;
+        checks.insert(
+            "app_database".into(),
+            if broker.app_database { "ok" } else { "unreachable" }.into(),
+        );
+        if let Some(redis) = broker.redis {
+            checks.insert("redis".into(), if redis { "ok" } else { "unreachable" }.into());
+        }
+        ready &= broker.is_ready();
         (ready, serde_json::Value::Object(checks))
     }
 }

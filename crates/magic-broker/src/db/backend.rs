@@ -1,0 +1,428 @@
+//! The application database (`self.db`): SQLite `app.db` or PostgreSQL behind one enum.
+//!
+//! Owns: the pool (lazy for PostgreSQL: a database that is down answers E5003 and is
+//! reconnected on a later call, no restart), table introspection (cached briefly), running a
+//! planned statement with its binds, decoding rows into JSON (see `values`), and the row and
+//! byte caps while streaming. Must never: run SQL that `plan` did not produce, except `raw`.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use magic_store::Dialect;
+use sea_query::{Value as SqlValue, Values};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::{Column, Row, TypeInfo, ValueRef};
+
+use super::plan::{ColumnInfo, TableInfo};
+use super::values::{self, postgres_class, sqlite_class, ColumnClass};
+use crate::config::{BrokerConfig, BrokerLimits};
+use crate::{BrokerError, BrokerInitError};
+
+/// How long an introspected table layout is trusted.
+const TABLE_INFO_TTL: Duration = Duration::from_secs(5);
+
+/// Introspected tables with the time they were read.
+type TableCache = HashMap<String, (Instant, Arc<TableInfo>)>;
+
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The application database.
+#[derive(Debug, Clone)]
+pub(crate) struct AppDb {
+    pool: Pool,
+    tables: Arc<RwLock<TableCache>>,
+}
+
+/// A failure while running a statement.
+#[derive(Debug)]
+pub(crate) enum DbFailure {
+    /// Database unreachable (E5003).
+    Unavailable,
+    /// The statement failed (constraint, type, …) or the result broke a cap.
+    Failed(String),
+}
+
+impl From<DbFailure> for BrokerError {
+    fn from(f: DbFailure) -> Self {
+        match f {
+            DbFailure::Unavailable => BrokerError::unavailable("the database"),
+            DbFailure::Failed(m) => BrokerError::invalid(m),
+        }
+    }
+}
+
+fn failure(e: sqlx::Error) -> DbFailure {
+    if magic_store::is_unavailable(&e) {
+        DbFailure::Unavailable
+    } else {
+        match e {
+            sqlx::Error::Database(d) => {
+                DbFailure::Failed(format!("database error: {}", d.message()))
+            }
+            other => DbFailure::Failed(format!("database error: {other}")),
+        }
+    }
+}
+
+/// The outcome of a statement.
+pub(crate) struct Fetched {
+    /// Decoded rows (for statements that return rows).
+    pub rows: Vec<Map<String, Value>>,
+    /// Rows affected (writes).
+    pub rows_affected: u64,
+}
+
+macro_rules! bind_all {
+    ($q:expr, $values:expr) => {{
+        let mut q = $q;
+        for v in $values.0 {
+            q = match v {
+                SqlValue::Bool(b) => q.bind(b),
+                SqlValue::BigInt(i) => q.bind(i),
+                SqlValue::Int(i) => q.bind(i.map(i64::from)),
+                SqlValue::BigUnsigned(u) => q.bind(u.map(|u| i64::try_from(u).unwrap_or(i64::MAX))),
+                SqlValue::Unsigned(u) => q.bind(u.map(i64::from)),
+                SqlValue::Double(f) => q.bind(f),
+                SqlValue::String(s) => q.bind(s.map(|s| *s)),
+                SqlValue::Bytes(b) => q.bind(b.map(|b| *b)),
+                other => {
+                    return Err(DbFailure::Failed(format!(
+                        "unsupported bind value {other:?}"
+                    )))
+                }
+            };
+        }
+        q
+    }};
+}
+
+impl AppDb {
+    /// Open the application database named by the config.
+    pub async fn connect(config: &BrokerConfig) -> Result<AppDb, BrokerInitError> {
+        let pool = match config.app_database_url.as_deref() {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let opts = PgConnectOptions::from_str(url)
+                    .map_err(|e| BrokerInitError::AppDatabase(e.to_string()))?;
+                Pool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(16)
+                        .acquire_timeout(config.limits.db_acquire_timeout)
+                        .connect_lazy_with(opts),
+                )
+            }
+            Some(url) if url.starts_with("sqlite:") => {
+                let opts = SqliteConnectOptions::from_str(url)
+                    .map_err(|e| BrokerInitError::AppDatabase(e.to_string()))?;
+                Pool::Sqlite(Self::sqlite(opts, url.contains(":memory:"), &config.limits).await?)
+            }
+            Some(other) => {
+                return Err(BrokerInitError::AppDatabase(format!(
+                    "unsupported URL scheme in {:?}: use sqlite:PATH or postgres://",
+                    other.split(':').next().unwrap_or_default()
+                )))
+            }
+            None => {
+                std::fs::create_dir_all(&config.data_dir)
+                    .map_err(|e| BrokerInitError::AppDatabase(e.to_string()))?;
+                let opts = SqliteConnectOptions::new()
+                    .filename(config.data_dir.join("app.db"))
+                    .create_if_missing(true);
+                Pool::Sqlite(Self::sqlite(opts, false, &config.limits).await?)
+            }
+        };
+        Ok(AppDb {
+            pool,
+            tables: Arc::default(),
+        })
+    }
+
+    async fn sqlite(
+        opts: SqliteConnectOptions,
+        memory: bool,
+        limits: &BrokerLimits,
+    ) -> Result<SqlitePool, BrokerInitError> {
+        let opts = opts
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true)
+            // LIKE is case-sensitive on PostgreSQL; make SQLite agree.
+            .pragma("case_sensitive_like", "ON");
+        SqlitePoolOptions::new()
+            .max_connections(if memory { 1 } else { 8 })
+            .acquire_timeout(limits.db_acquire_timeout)
+            .connect_with(opts)
+            .await
+            .map_err(|e| BrokerInitError::AppDatabase(e.to_string()))
+    }
+
+    /// Which database this is.
+    pub fn dialect(&self) -> Dialect {
+        match self.pool {
+            Pool::Sqlite(_) => Dialect::Sqlite,
+            Pool::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Round trip (readiness).
+    pub async fn ping(&self) -> bool {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+            Pool::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.is_ok(),
+        }
+    }
+
+    /// Forget the cached layout of `table` (after a failed statement).
+    pub fn forget(&self, table: &str) {
+        if let Ok(mut t) = self.tables.write() {
+            t.remove(table);
+        }
+    }
+
+    /// The columns and primary key of `table` (cached for a few seconds).
+    pub async fn table_info(&self, table: &str) -> Result<Arc<TableInfo>, DbFailure> {
+        if let Ok(t) = self.tables.read() {
+            if let Some((at, info)) = t.get(table) {
+                if at.elapsed() < TABLE_INFO_TTL {
+                    return Ok(info.clone());
+                }
+            }
+        }
+        let info = Arc::new(self.introspect(table).await?);
+        if info.columns.is_empty() {
+            return Err(DbFailure::Failed(format!("table {table:?} does not exist")));
+        }
+        if let Ok(mut t) = self.tables.write() {
+            t.insert(table.to_string(), (Instant::now(), info.clone()));
+        }
+        Ok(info)
+    }
+
+    async fn introspect(&self, table: &str) -> Result<TableInfo, DbFailure> {
+        let mut info = TableInfo::default();
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let rows: Vec<(String, String, i64)> =
+                    sqlx::query_as("SELECT name, type, pk FROM pragma_table_info($1) ORDER BY cid")
+                        .bind(table)
+                        .fetch_all(p)
+                        .await
+                        .map_err(failure)?;
+                let mut pk: Vec<(i64, String)> = Vec::new();
+                for (name, decl, pk_pos) in rows {
+                    if pk_pos > 0 {
+                        pk.push((pk_pos, name.clone()));
+                    }
+                    info.columns.push(ColumnInfo {
+                        class: sqlite_class(&decl),
+                        name,
+                        sql_type: decl,
+                    });
+                }
+                pk.sort();
+                info.primary_key = pk.into_iter().map(|(_, n)| n).collect();
+            }
+            Pool::Postgres(p) => {
+                let rows: Vec<(String, String, bool)> = sqlx::query_as(
+                    "SELECT a.attname::text, t.typname::text, \
+                       COALESCE(a.attnum = ANY(i.indkey), false) \
+                     FROM pg_attribute a \
+                     JOIN pg_type t ON t.oid = a.atttypid \
+                     LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+                     WHERE a.attrelid = to_regclass(quote_ident($1)) \
+                       AND a.attnum > 0 AND NOT a.attisdropped \
+                     ORDER BY a.attnum",
+                )
+                .bind(table)
+                .fetch_all(p)
+                .await
+                .map_err(failure)?;
+                for (name, typname, is_pk) in rows {
+                    if is_pk {
+                        info.primary_key.push(name.clone());
+                    }
+                    info.columns.push(ColumnInfo {
+                        class: postgres_class(&typname),
+                        name,
+                        sql_type: typname,
+                    });
+                }
+            }
+        }
+        Ok(info)
+    }
+
+    /// Run `sql` with `values`. Rows are decoded (with `classes` as hints, by position) and
+    /// counted against the caps: more than `max_rows` rows or `max_bytes` bytes is an error.
+    pub async fn fetch(
+        &self,
+        sql: &str,
+        values: Values,
+        classes: &[ColumnClass],
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Fetched, DbFailure> {
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        let mut push = |row: Map<String, Value>| -> Result<(), DbFailure> {
+            bytes += values::approx_size(&Value::Object(Default::default()))
+                + row
+                    .iter()
+                    .map(|(k, v)| k.len() + 4 + values::approx_size(v))
+                    .sum::<usize>();
+            if rows.len() >= max_rows {
+                return Err(DbFailure::Failed(format!(
+                    "result too large: more than {max_rows} rows (the row cap); narrow the query or page with limit/offset"
+                )));
+            }
+            if bytes > max_bytes {
+                return Err(DbFailure::Failed(format!(
+                    "result too large: more than {max_bytes} bytes (the byte cap); select fewer columns or page with limit/offset"
+                )));
+            }
+            rows.push(row);
+            Ok(())
+        };
+        match &self.pool {
+            Pool::Sqlite(p) => {
+                let q = bind_all!(sqlx::query(sql), values);
+                let mut stream = q.fetch(p);
+                while let Some(row) = stream.try_next().await.map_err(failure)? {
+                    push(decode_sqlite(&row, classes)?)?;
+                }
+            }
+            Pool::Postgres(p) => {
+                let q = bind_all!(sqlx::query(sql), values);
+                let mut stream = q.fetch(p);
+                while let Some(row) = stream.try_next().await.map_err(failure)? {
+                    push(decode_pg(&row)?)?;
+                }
+            }
+        }
+        let n = rows.len() as u64;
+        Ok(Fetched {
+            rows,
+            rows_affected: n,
+        })
+    }
+
+    /// Run a statement that returns no rows; answers rows affected.
+    pub async fn execute(&self, sql: &str, values: Values) -> Result<u64, DbFailure> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => bind_all!(sqlx::query(sql), values)
+                .execute(p)
+                .await
+                .map_err(failure)?
+                .rows_affected(),
+            Pool::Postgres(p) => bind_all!(sqlx::query(sql), values)
+                .execute(p)
+                .await
+                .map_err(failure)?
+                .rows_affected(),
+        })
+    }
+}
+
+fn decode_sqlite(
+    row: &SqliteRow,
+    classes: &[ColumnClass],
+) -> Result<Map<String, Value>, DbFailure> {
+    let mut out = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i).map_err(failure)?;
+        if raw.is_null() {
+            out.insert(col.name().to_string(), Value::Null);
+            continue;
+        }
+        // The value's storage class (INTEGER, REAL, TEXT, BLOB), not the declared type.
+        let storage = raw.type_info().name().to_string();
+        let class = classes.get(i).copied();
+        let declared_bool = col.type_info().name() == "BOOLEAN";
+        let v = match storage.as_str() {
+            "NULL" => Value::Null,
+            "INTEGER" => {
+                let n: i64 = row.try_get_unchecked(i).map_err(failure)?;
+                if class == Some(ColumnClass::Bool) || (class.is_none() && declared_bool) {
+                    Value::Bool(n != 0)
+                } else {
+                    Value::from(n)
+                }
+            }
+            "REAL" => values::real(row.try_get_unchecked::<f64, _>(i).map_err(failure)?),
+            "BLOB" => values::blob(&row.try_get_unchecked::<Vec<u8>, _>(i).map_err(failure)?),
+            _ => {
+                let s: String = row.try_get_unchecked(i).map_err(failure)?;
+                if class == Some(ColumnClass::Json) {
+                    serde_json::from_str(&s).unwrap_or(Value::String(s))
+                } else {
+                    Value::String(s)
+                }
+            }
+        };
+        out.insert(col.name().to_string(), v);
+    }
+    Ok(out)
+}
+
+fn decode_pg(row: &PgRow) -> Result<Map<String, Value>, DbFailure> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, Utc};
+    let mut out = Map::new();
+    for (i, col) in row.columns().iter().enumerate() {
+        let raw = row.try_get_raw(i).map_err(failure)?;
+        if raw.is_null() {
+            out.insert(col.name().to_string(), Value::Null);
+            continue;
+        }
+        let t = col.type_info().name().to_string();
+        let g = |e| failure(e);
+        let v = match t.as_str() {
+            "BOOL" => Value::Bool(row.try_get(i).map_err(g)?),
+            "INT2" => Value::from(row.try_get::<i16, _>(i).map_err(g)?),
+            "INT4" => Value::from(row.try_get::<i32, _>(i).map_err(g)?),
+            "INT8" => Value::from(row.try_get::<i64, _>(i).map_err(g)?),
+            "FLOAT4" => values::real(f64::from(row.try_get::<f32, _>(i).map_err(g)?)),
+            "FLOAT8" => values::real(row.try_get::<f64, _>(i).map_err(g)?),
+            "NUMERIC" => {
+                let bytes = raw.as_bytes().map_err(|e| DbFailure::Failed(e.to_string()))?;
+                values::pg_numeric(bytes).unwrap_or(Value::Null)
+            }
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" | "CITEXT" | "UNKNOWN" => {
+                Value::String(row.try_get_unchecked(i).map_err(g)?)
+            }
+            "BYTEA" => values::blob(&row.try_get::<Vec<u8>, _>(i).map_err(g)?),
+            "TIMESTAMPTZ" => Value::String(
+                row.try_get::<DateTime<Utc>, _>(i)
+                    .map_err(g)?
+                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            ),
+            "TIMESTAMP" => Value::String(
+                row.try_get::<NaiveDateTime, _>(i)
+                    .map_err(g)?
+                    .format("%Y-%m-%dT%H:%M:%S%.f")
+                    .to_string(),
+            ),
+            "DATE" => Value::String(row.try_get::<NaiveDate, _>(i).map_err(g)?.to_string()),
+            "TIME" => Value::String(row.try_get::<NaiveTime, _>(i).map_err(g)?.to_string()),
+            "JSON" | "JSONB" => row.try_get::<Value, _>(i).map_err(g)?,
+            "UUID" => Value::String(row.try_get::<sqlx::types::Uuid, _>(i).map_err(g)?.to_string()),
+            other => {
+                return Err(DbFailure::Failed(format!(
+                    "column {} has type {other}, which the broker does not map to JSON; cast it (e.g. to text) in the table or view",
+                    col.name()
+                )))
+            }
+        };
+        out.insert(col.name().to_string(), v);
+    }
+    Ok(out)
+}
