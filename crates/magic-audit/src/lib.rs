@@ -5,8 +5,32 @@
 //! answered; verifying the chain; forwarding records to sinks.
 //!
 //! Must never: drop a record silently, rewrite a stored record, or store a secret value.
+//!
+//! The pieces: [`AuditChain`] (the durable chain in the runtime's store, group commit,
+//! signed checkpoints; [`chain`]), [`record`] (the record and its canonical hash, defined
+//! precisely there for external tools), [`verify`] (what tampering is detected and how it
+//! is named), [`checkpoint`] (Ed25519 checkpoints and the key), [`read`] (streaming ranges),
+//! [`sink`] (file, syslog and webhook copies; `AUDIT_LOG_SINK` syntax), [`config`] (the
+//! `AUDIT_*` variables).
 
 use std::sync::Mutex;
+
+pub mod chain;
+pub mod checkpoint;
+pub mod config;
+mod db;
+pub mod read;
+pub mod record;
+pub mod sink;
+pub mod verify;
+
+pub use chain::{verify_store, AuditChain, AuditStats, Receipt};
+pub use checkpoint::{Checkpoint, KeySource};
+pub use config::{AuditConfig, Durability};
+pub use read::{Position, ReadRange};
+pub use record::{AuditRecord, GENESIS_HASH};
+pub use sink::{SinkSpec, SinkStats, SyslogTarget};
+pub use verify::{BadRecord, ChainVerifier, VerifyReport};
 
 /// A security-relevant event, before it is chained. Fields that do not apply stay `None`.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -42,6 +66,15 @@ pub enum AuditError {
     /// The log is shut down.
     #[error("audit log is closed")]
     Closed,
+    /// A setting (`AUDIT_*`) or the signing key is invalid.
+    #[error("audit configuration: {0}")]
+    Config(String),
+    /// A sink could not be set up.
+    #[error("audit sink: {0}")]
+    Sink(String),
+    /// Reading with verification found the chain tampered with.
+    #[error("audit chain tampered: {0}")]
+    Tampered(verify::BadRecord),
 }
 
 /// Where audit events go. Appending returns once the record is safe as the log's durability
