@@ -92,6 +92,8 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) config: AuditConfig,
     public_key: VerifyingKey,
+    /// Signs retention seals (the writer has its own copy for checkpoints).
+    seal_key: SigningKey,
     pub(crate) trusted: Vec<VerifyingKey>,
     sinks: Arc<SinkSet>,
     live: broadcast::Sender<Arc<AuditRecord>>,
@@ -153,6 +155,7 @@ impl AuditChain {
             )),
             _ => None,
         };
+        let seal_key = key.clone();
         let writer = Writer {
             store: store.clone(),
             durability: config.durability,
@@ -170,13 +173,14 @@ impl AuditChain {
             last_cp_at: Instant::now(),
         };
         let handle = tokio::spawn(writer.run(rx));
-        Ok(AuditChain {
+        let chain = AuditChain {
             inner: Arc::new(Inner {
                 tx,
                 closed: AtomicBool::new(false),
                 store,
                 config,
                 public_key,
+                seal_key,
                 trusted,
                 sinks,
                 live,
@@ -184,7 +188,33 @@ impl AuditChain {
                 wal,
                 writer: Mutex::new(Some(handle)),
             }),
-        })
+        };
+        if chain.inner.config.retention.is_active() {
+            spawn_retention(Arc::downgrade(&chain.inner));
+        }
+        Ok(chain)
+    }
+
+    /// Apply the retention policy now: verify the records it removes, archive them if
+    /// configured, and replace them by a signed seal (see [`crate::retention`]). Runs on
+    /// its own every `AUDIT_RETENTION_CHECK_SECS` when a policy is set.
+    pub async fn enforce_retention(&self) -> Result<crate::retention::RetentionReport, AuditError> {
+        self.enforce_retention_with(&self.inner.config.retention)
+            .await
+    }
+
+    /// Apply `policy` now (instead of the configured one).
+    pub async fn enforce_retention_with(
+        &self,
+        policy: &crate::retention::RetentionPolicy,
+    ) -> Result<crate::retention::RetentionReport, AuditError> {
+        crate::retention::enforce(
+            &self.inner.store,
+            &self.inner.seal_key,
+            &self.inner.trusted,
+            policy,
+        )
+        .await
     }
 
     /// Append one event; returns once its record is committed (see [`Durability`]). Waits
@@ -288,9 +318,23 @@ impl AuditChain {
             }
         };
         let sinks = self.inner.sinks.names();
+        let r = &c.retention;
+        let retention = match (r.max_age, r.max_records) {
+            (None, None) => "keep all".to_string(),
+            (age, max) => format!(
+                "{}{}{}",
+                age.map(|a| format!("max age {} days ", a.as_secs() / 86_400))
+                    .unwrap_or_default(),
+                max.map(|m| format!("max {m} records ")).unwrap_or_default(),
+                r.archive_dir
+                    .as_ref()
+                    .map(|d| format!("archived to {}", d.display()))
+                    .unwrap_or_else(|| "not archived".to_string())
+            ),
+        };
         format!(
             "audit: chain in {store}; durability={durability}; checkpoints every {} records \
-             or {} s signed by ed25519:{}; verify-on-read={}; sinks: {}",
+             or {} s signed by ed25519:{}; verify-on-read={}; retention: {retention}; sinks: {}",
             c.checkpoint_every,
             c.checkpoint_interval.as_secs(),
             self.public_key_hex(),
@@ -340,8 +384,20 @@ pub async fn verify_store(
 ) -> Result<VerifyReport, AuditError> {
     let pool = store.pool();
     let upto = db::max_seq(pool).await?;
-    let mut v = ChainVerifier::new(trusted, Vec::new());
-    let mut after = 0;
+    // Records sealed away by retention are replaced by the newest seal, which must verify.
+    let (mut after, start_hash) = match crate::retention::anchor(pool, trusted).await? {
+        Ok(a) => a,
+        Err(bad) => {
+            return Ok(VerifyReport {
+                records_checked: 0,
+                head_seq: 0,
+                head_hash: GENESIS_HASH.to_string(),
+                checkpoints_checked: 0,
+                first_bad: Some(bad),
+            })
+        }
+    };
+    let mut v = ChainVerifier::anchored(after, start_hash, trusted, Vec::new());
     while after < upto {
         let end = after.saturating_add(PAGE).min(upto);
         v.add_checkpoints(db::checkpoints_between(pool, after, end).await?);
@@ -367,6 +423,27 @@ pub async fn verify_store(
         v.add_checkpoints(external.iter().filter(|c| c.seq > upto).cloned());
     }
     Ok(v.finish(at_end))
+}
+
+/// Apply retention periodically while the chain is alive.
+fn spawn_retention(inner: std::sync::Weak<Inner>) {
+    tokio::spawn(async move {
+        loop {
+            let interval = match inner.upgrade() {
+                Some(i) => i.config.retention.check_interval,
+                None => return,
+            };
+            tokio::time::sleep(interval).await;
+            let Some(inner) = inner.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let chain = AuditChain { inner };
+            if let Err(e) = chain.enforce_retention().await {
+                tracing::error!(error = %e, "audit retention failed");
+            }
+        }
+    });
 }
 
 async fn catch_up_file_sinks(
@@ -552,7 +629,8 @@ impl Writer {
         }
         let events = std::mem::take(events);
         let acks = std::mem::take(acks);
-        let committed = self.commit(&events).await;
+        let n = events.len() as u64;
+        let committed = self.commit(events).await;
         let committed = match committed {
             Ok(c) => match self.make_durable().await {
                 Ok(()) => Ok(c),
@@ -563,9 +641,7 @@ impl Writer {
                     for ack in acks {
                         let _ = ack.send(Err(AuditError::Store(format!("fsync failed: {e}"))));
                     }
-                    self.counters
-                        .failed
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+                    self.counters.failed.fetch_add(n, Ordering::Relaxed);
                     return Flow::Stop;
                 }
             },
@@ -573,10 +649,8 @@ impl Writer {
         };
         match committed {
             Err(e) => {
-                tracing::error!(error = %e, records = events.len(), "audit commit failed");
-                self.counters
-                    .failed
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, records = n, "audit commit failed");
+                self.counters.failed.fetch_add(n, Ordering::Relaxed);
                 let msg = e.to_string();
                 for ack in acks {
                     let _ = ack.send(Err(AuditError::Store(msg.clone())));
@@ -658,7 +732,7 @@ impl Writer {
     /// checkpoint of the new head, commit.
     async fn commit(
         &mut self,
-        events: &[AuditEvent],
+        events: Vec<AuditEvent>,
     ) -> Result<(Vec<AuditRecord>, Option<Checkpoint>), AuditError> {
         let mut tx = self.begin().await?;
         let head = db::head(&mut tx).await?;
@@ -670,11 +744,11 @@ impl Writer {
         let mut records = Vec::with_capacity(events.len());
         for e in events {
             seq += 1;
-            let r = AuditRecord::new(seq, ts.clone(), e, prev);
+            let r = AuditRecord::from_event(seq, ts.clone(), e, prev);
             prev = r.hash.clone();
             records.push(r);
         }
-        db::insert_records(&mut tx, &records).await?;
+        db::insert_records(&mut tx, self.store.dialect(), &records).await?;
         let due = seq.saturating_sub(self.last_cp_seq) >= self.checkpoint_every
             || self.last_cp_at.elapsed() >= self.checkpoint_interval;
         let cp = if due {

@@ -18,6 +18,10 @@
 //! | `AUDIT_BATCH_MAX` | most records per commit | 2048 |
 //! | `AUDIT_QUEUE_CAPACITY` | appends waiting for the writer before `append` waits | 16384 |
 //! | `AUDIT_SINK_BUFFER` | records buffered per network sink before it drops (counted) | 100000 |
+//! | `AUDIT_RETENTION_DAYS` | remove records older than this many days (behind a signed seal) | keep all |
+//! | `AUDIT_RETENTION_MAX_RECORDS` | keep at most this many newest records | keep all |
+//! | `AUDIT_RETENTION_ARCHIVE_DIR` | write removed records to sealed archive files here | no archive |
+//! | `AUDIT_RETENTION_CHECK_SECS` | how often retention runs | 3600 |
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +29,7 @@ use std::time::Duration;
 use ed25519_dalek::VerifyingKey;
 
 use crate::checkpoint::{parse_public_keys, KeySource};
+use crate::retention::RetentionPolicy;
 use crate::sink::SinkSpec;
 use crate::AuditError;
 
@@ -88,6 +93,8 @@ pub struct AuditConfig {
     pub webhook_timeout: Duration,
     /// Syslog APP-NAME.
     pub syslog_app_name: String,
+    /// What to remove, and when (nothing by default).
+    pub retention: RetentionPolicy,
 }
 
 impl AuditConfig {
@@ -111,6 +118,10 @@ impl AuditConfig {
             webhook_backoff: Duration::from_millis(200),
             webhook_timeout: Duration::from_secs(10),
             syslog_app_name: "magic".to_string(),
+            retention: RetentionPolicy {
+                check_interval: Duration::from_secs(3600),
+                ..RetentionPolicy::default()
+            },
         }
     }
 
@@ -166,6 +177,20 @@ impl AuditConfig {
         if let Some(v) = get("AUDIT_SINK_BUFFER") {
             c.sink_buffer = to_usize(parse_num("AUDIT_SINK_BUFFER", &v, 1)?);
         }
+        if let Some(v) = get("AUDIT_RETENTION_DAYS") {
+            let days = parse_num("AUDIT_RETENTION_DAYS", &v, 1)?;
+            c.retention.max_age = Some(Duration::from_secs(days.saturating_mul(86_400)));
+        }
+        if let Some(v) = get("AUDIT_RETENTION_MAX_RECORDS") {
+            c.retention.max_records = Some(parse_num("AUDIT_RETENTION_MAX_RECORDS", &v, 1)?);
+        }
+        if let Some(v) = get("AUDIT_RETENTION_ARCHIVE_DIR") {
+            c.retention.archive_dir = Some(v.into());
+        }
+        if let Some(v) = get("AUDIT_RETENTION_CHECK_SECS") {
+            c.retention.check_interval =
+                Duration::from_secs(parse_num("AUDIT_RETENTION_CHECK_SECS", &v, 1)?);
+        }
         Ok(c)
     }
 }
@@ -214,6 +239,7 @@ mod tests {
         assert_eq!(c.durability, Durability::Group);
         assert!(!c.verify_on_read);
         assert!(c.sinks.is_empty());
+        assert!(!c.retention.is_active());
         assert_eq!(c.key, KeySource::DataDir("/data".into()));
     }
 
@@ -230,6 +256,10 @@ mod tests {
             ("AUDIT_BATCH_MAX", "7"),
             ("AUDIT_QUEUE_CAPACITY", "8"),
             ("AUDIT_SINK_BUFFER", "9"),
+            ("AUDIT_RETENTION_DAYS", "2"),
+            ("AUDIT_RETENTION_MAX_RECORDS", "1000"),
+            ("AUDIT_RETENTION_ARCHIVE_DIR", "/arch"),
+            ("AUDIT_RETENTION_CHECK_SECS", "60"),
         ])
         .expect("valid");
         assert_eq!(c.durability, Durability::Sync);
@@ -240,6 +270,10 @@ mod tests {
         assert_eq!(c.checkpoint_interval, Duration::from_secs(2));
         assert_eq!(c.fsync_interval, Duration::from_millis(3));
         assert_eq!((c.batch_max, c.queue_capacity, c.sink_buffer), (7, 8, 9));
+        assert_eq!(c.retention.max_age, Some(Duration::from_secs(2 * 86_400)));
+        assert_eq!(c.retention.max_records, Some(1000));
+        assert_eq!(c.retention.archive_dir, Some("/arch".into()));
+        assert_eq!(c.retention.check_interval, Duration::from_secs(60));
     }
 
     #[test]
@@ -253,6 +287,9 @@ mod tests {
             ("AUDIT_BATCH_MAX", "many"),
             ("AUDIT_QUEUE_CAPACITY", "0"),
             ("AUDIT_TRUSTED_KEYS", "abc"),
+            ("AUDIT_RETENTION_DAYS", "0"),
+            ("AUDIT_RETENTION_MAX_RECORDS", "x"),
+            ("AUDIT_RETENTION_CHECK_SECS", "0"),
         ];
         for (k, v) in bad {
             assert!(cfg(&[(k, v)]).is_err(), "{k}={v}");

@@ -10,8 +10,8 @@
 //! signed checkpoints; [`chain`]), [`record`] (the record and its canonical hash, defined
 //! precisely there for external tools), [`verify`] (what tampering is detected and how it
 //! is named), [`checkpoint`] (Ed25519 checkpoints and the key), [`read`] (streaming ranges),
-//! [`sink`] (file, syslog and webhook copies; `AUDIT_LOG_SINK` syntax), [`config`] (the
-//! `AUDIT_*` variables).
+//! [`sink`] (file, syslog and webhook copies; `AUDIT_LOG_SINK` syntax), [`retention`]
+//! (removing old records behind signed seals), [`config`] (the `AUDIT_*` variables).
 
 use std::sync::Mutex;
 
@@ -21,6 +21,7 @@ pub mod config;
 mod db;
 pub mod read;
 pub mod record;
+pub mod retention;
 pub mod sink;
 pub mod verify;
 
@@ -29,6 +30,7 @@ pub use checkpoint::{Checkpoint, KeySource};
 pub use config::{AuditConfig, Durability};
 pub use read::{Position, ReadRange};
 pub use record::{AuditRecord, GENESIS_HASH};
+pub use retention::{RetentionPolicy, RetentionReport, Seal};
 pub use sink::{SinkSpec, SinkStats, SyslogTarget};
 pub use verify::{BadRecord, ChainVerifier, VerifyReport};
 

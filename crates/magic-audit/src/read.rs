@@ -184,14 +184,18 @@ async fn resolve(st: &mut ReadState, range: ReadRange) -> Result<(), AuditError>
                 }
             }
         }
-        let v = match anchor {
+        // Records before the newest seal are gone; it is the earliest possible start.
+        let (seal_seq, seal_hash) = crate::retention::anchor(&pool, trusted)
+            .await?
+            .map_err(AuditError::Tampered)?;
+        let v = match anchor.filter(|cp| cp.seq > seal_seq) {
             Some(cp) => {
                 st.after = cp.seq;
                 ChainVerifier::anchored(cp.seq, cp.head_hash, trusted, Vec::new())
             }
             None => {
-                st.after = 0;
-                ChainVerifier::new(trusted, Vec::new())
+                st.after = seal_seq;
+                ChainVerifier::anchored(seal_seq, seal_hash, trusted, Vec::new())
             }
         };
         st.verifier = Some(v);
@@ -201,7 +205,7 @@ async fn resolve(st: &mut ReadState, range: ReadRange) -> Result<(), AuditError>
 
 /// Smallest seq whose timestamp is `>= ts` (timestamps never decrease along the chain, so
 /// a binary search over seqs works; gaps are stepped over).
-async fn first_seq_at_or_after(
+pub(crate) async fn first_seq_at_or_after(
     store: &Store,
     ts: &str,
     head: u64,
