@@ -658,16 +658,16 @@ impl Writer {
                 Flow::Continue
             }
             Ok((records, cp)) => {
+                self.counters
+                    .appended
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 for (ack, r) in acks.into_iter().zip(&records) {
                     let _ = ack.send(Ok(Receipt {
                         seq: r.seq,
                         hash: r.hash.clone(),
                     }));
                 }
-                self.counters
-                    .appended
-                    .fetch_add(records.len() as u64, Ordering::Relaxed);
-                self.counters.batches.fetch_add(1, Ordering::Relaxed);
                 if self.live.receiver_count() > 0 {
                     for r in &records {
                         let _ = self.live.send(Arc::new(r.clone()));

@@ -163,10 +163,14 @@ async fn resolve(st: &mut ReadState, range: ReadRange) -> Result<(), AuditError>
         Some(Position::Last(n)) => head.saturating_sub(n.saturating_sub(1)),
         Some(Position::Time(t)) => {
             // Last record at or before t = first record after t, minus one.
-            let after = t + chrono::Duration::microseconds(1);
-            match first_seq_at_or_after(&st.store, &format_timestamp(after), head).await? {
-                Some(s) => s.saturating_sub(1),
+            match t.checked_add_signed(chrono::Duration::microseconds(1)) {
                 None => head,
+                Some(after) => {
+                    match first_seq_at_or_after(&st.store, &format_timestamp(after), head).await? {
+                        Some(s) => s.saturating_sub(1),
+                        None => head,
+                    }
+                }
             }
         }
     };

@@ -218,11 +218,18 @@ pub(crate) async fn enforce(
     let last_too_old = match policy.max_age {
         None => None,
         Some(age) => {
-            let limit = chrono::Utc::now()
-                - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            let ts = format_timestamp(limit);
-            let first_young = crate::read::first_seq_at_or_after(store, &ts, head).await?;
-            Some(first_young.map_or(head, |s| s.saturating_sub(1)))
+            // An age beyond the calendar means nothing is that old.
+            let limit = chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|a| chrono::Utc::now().checked_sub_signed(a));
+            match limit {
+                None => None,
+                Some(limit) => {
+                    let ts = format_timestamp(limit);
+                    let first_young = crate::read::first_seq_at_or_after(store, &ts, head).await?;
+                    Some(first_young.map_or(head, |s| s.saturating_sub(1)))
+                }
+            }
         }
     };
     let Some(last) = cutoff(first, head, policy.max_records, last_too_old) else {
@@ -251,7 +258,7 @@ pub(crate) async fn enforce(
     }
     let Some(last_record) = last_record.filter(|r| r.seq == last) else {
         return Err(AuditError::Tampered(crate::BadRecord {
-            seq: v.head_seq() + 1,
+            seq: v.head_seq().saturating_add(1),
             reason: "record missing in the part retention would seal".into(),
         }));
     };
@@ -458,7 +465,12 @@ pub fn verify_archive(
     for (i, line) in body.lines().enumerate() {
         match AuditRecord::from_json_line(line) {
             Some(r) => records.push(r),
-            None => return Ok(bad(seal.first_seq + i as u64, "unreadable archive line")),
+            None => {
+                return Ok(bad(
+                    seal.first_seq.saturating_add(i as u64),
+                    "unreadable archive line",
+                ))
+            }
         }
     }
     let start_hash = match (prev_hash, records.first()) {
@@ -466,7 +478,12 @@ pub fn verify_archive(
         (None, Some(r)) => r.prev_hash.clone(),
         (None, None) => GENESIS_HASH.to_string(),
     };
-    let mut v = ChainVerifier::anchored(seal.first_seq - 1, start_hash, trusted, Vec::new());
+    let mut v = ChainVerifier::anchored(
+        seal.first_seq.saturating_sub(1),
+        start_hash,
+        trusted,
+        Vec::new(),
+    );
     for r in &records {
         if v.push(r).is_err() {
             break;
@@ -477,7 +494,7 @@ pub fn verify_archive(
         && (report.head_seq != seal.last_seq || report.head_hash != seal.last_hash)
     {
         report.first_bad = Some(crate::BadRecord {
-            seq: report.head_seq + 1,
+            seq: report.head_seq.saturating_add(1),
             reason: format!(
                 "archive ends at {} but its seal covers up to {}",
                 report.head_seq, seal.last_seq

@@ -484,11 +484,21 @@ async fn sync_mode_fsyncs_before_answering() {
 #[tokio::test]
 async fn group_mode_fsyncs_in_the_background() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let chain = AuditChain::open(sqlite(dir.path()).await, config(dir.path()))
+    let mut cfg = config(dir.path());
+    cfg.fsync_interval = std::time::Duration::from_secs(2);
+    let chain = AuditChain::open(sqlite(dir.path()).await, cfg)
         .await
         .expect("opens");
     append_n(&chain, 1, 3).await;
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        chain.stats().fsyncs,
+        0,
+        "group mode answers before the fsync"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while chain.stats().fsyncs == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(chain.stats().fsyncs >= 1);
     assert!(chain.describe().contains("durability=group"));
 }
@@ -514,10 +524,32 @@ async fn time_based_checkpoints_cover_idle_heads() {
     cfg.checkpoint_interval = std::time::Duration::from_millis(50);
     let chain = AuditChain::open(store.clone(), cfg).await.expect("opens");
     append_n(&chain, 1, 3).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (n,): (i64,) = sqlx::query_as("SELECT MAX(seq) FROM magic_audit_checkpoints")
-        .fetch_one(store.pool())
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = None;
+    while n != Some(3) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let row: (Option<i64>,) = sqlx::query_as("SELECT MAX(seq) FROM magic_audit_checkpoints")
+            .fetch_one(store.pool())
+            .await
+            .expect("query");
+        n = row.0;
+    }
+    assert_eq!(n, Some(3), "an idle head gets its checkpoint");
+}
+
+#[tokio::test]
+async fn an_in_memory_store_works_but_says_it_is_not_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = magic_store::Store::open_in_memory().await.expect("store");
+    let chain = AuditChain::open(store, config(dir.path()))
         .await
-        .expect("query");
-    assert_eq!(n, 3);
+        .expect("opens");
+    append_n(&chain, 1, 10).await;
+    assert!(chain.verify().await.expect("verify").is_ok());
+    assert!(
+        chain.describe().contains("not durable"),
+        "{}",
+        chain.describe()
+    );
+    chain.shutdown().await.expect("shutdown");
 }

@@ -98,10 +98,10 @@ async fn retention_by_age_never_removes_the_head() {
         .await
         .expect("opens");
     append_n(&chain, 1, 10).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     append_n(&chain, 11, 5).await;
     let policy = RetentionPolicy {
-        max_age: Some(Duration::from_millis(200)),
+        max_age: Some(Duration::from_millis(1000)),
         ..RetentionPolicy::default()
     };
     let r = chain
@@ -110,7 +110,7 @@ async fn retention_by_age_never_removes_the_head() {
         .expect("retention");
     assert_eq!(r.removed, 10);
     assert!(r.archive.is_none());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = chain
         .enforce_retention_with(&policy)
         .await
