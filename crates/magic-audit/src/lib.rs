@@ -12,6 +12,26 @@
 //! is named), [`checkpoint`] (Ed25519 checkpoints and the key), [`read`] (streaming ranges),
 //! [`sink`] (file, syslog and webhook copies; `AUDIT_LOG_SINK` syntax), [`retention`]
 //! (removing old records behind signed seals), [`config`] (the `AUDIT_*` variables).
+//!
+//! ```no_run
+//! # async fn serve(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::TryStreamExt;
+//! use magic_audit::{AuditChain, AuditConfig, AuditEvent, ReadRange};
+//!
+//! let store = magic_store::Store::open(std::env::var("DATABASE_URL").ok().as_deref(), data_dir)
+//!     .await?;
+//! let chain = AuditChain::open(store, AuditConfig::from_env(data_dir)?).await?;
+//! println!("{}", chain.describe()); // durability mode, key, sinks
+//! let receipt = chain
+//!     .append_event(AuditEvent { event: "admin_action".into(), ..AuditEvent::default() })
+//!     .await?; // committed (and, with AUDIT_DURABILITY=sync, fsynced)
+//! let report = chain.verify().await?; // `magic audit verify`
+//! assert!(report.first_bad.is_none());
+//! let last_ten: Vec<_> = chain.read(ReadRange::last(10)).try_collect().await?; // tail
+//! # let _ = (receipt, last_ten);
+//! chain.shutdown().await?; // final checkpoint, fsync, sinks flushed
+//! # Ok(()) }
+//! ```
 
 use std::sync::Mutex;
 
