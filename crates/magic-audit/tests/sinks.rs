@@ -327,3 +327,33 @@ async fn a_stuck_webhook_never_blocks_appends_and_counts_drops() {
     assert_eq!(s.appended, 200);
     assert!(chain.verify().await.expect("verify").is_ok());
 }
+
+#[tokio::test]
+async fn a_failed_commit_is_reported_and_reaches_no_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let store = sqlite(dir.path()).await;
+    let mut cfg = config(dir.path());
+    cfg.sinks = vec![SinkSpec::File(path.clone())];
+    let chain = AuditChain::open(store.clone(), cfg).await.expect("opens");
+    append_n(&chain, 1, 3).await;
+    common::exec(&store, "ALTER TABLE magic_audit_log RENAME TO moved_away").await;
+    let err = chain.append_event(event(4)).await;
+    assert!(
+        matches!(err, Err(magic_audit::AuditError::Store(_))),
+        "{err:?}"
+    );
+    common::exec(&store, "ALTER TABLE moved_away RENAME TO magic_audit_log").await;
+    let r = chain.append_event(event(5)).await.expect("append");
+    assert_eq!(r.seq, 4, "the failed append took no seq");
+    assert_eq!(chain.stats().failed, 1);
+    chain.shutdown().await.expect("shutdown");
+    let (records, _) = parse_lines(&std::fs::read_to_string(&path).expect("sink file"));
+    let ids: Vec<Option<String>> = records.iter().map(|r| r.request_id.clone()).collect();
+    let want: Vec<Option<String>> = [1, 2, 3, 5]
+        .iter()
+        .map(|i| Some(format!("req-{i}")))
+        .collect();
+    assert_eq!(ids, want, "only committed records reach the sink");
+    assert!(chain.verify().await.expect("verify").is_ok());
+}

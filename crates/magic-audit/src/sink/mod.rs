@@ -51,8 +51,9 @@ pub enum SyslogTarget {
     Unix(PathBuf),
 }
 
-/// One parsed `AUDIT_LOG_SINK` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One parsed `AUDIT_LOG_SINK` entry. Its `Debug` form is [`SinkSpec::name`], which leaves
+/// out webhook credentials and query strings.
+#[derive(Clone, PartialEq, Eq)]
 pub enum SinkSpec {
     /// JSON-lines file.
     File(PathBuf),
@@ -133,6 +134,12 @@ impl SinkSpec {
                 Err(_) => "webhook".to_string(),
             },
         }
+    }
+}
+
+impl std::fmt::Debug for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
     }
 }
 
@@ -459,5 +466,6 @@ mod tests {
             .expect("valid");
         let name = s.name();
         assert_eq!(name, "webhook+https://h.example:8443/p");
+        assert_eq!(format!("{s:?}"), name);
     }
 }

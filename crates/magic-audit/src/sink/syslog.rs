@@ -9,7 +9,9 @@
 //! Message: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [audit@32473 seq="…" hash="…"]
 //! MSG` with facility 13 ("log audit"), severity warning (4) for denials, violations, errors,
 //! timeouts and limits and notice (5) otherwise, MSGID the event type, and MSG the record's
-//! JSON line. (32473 is the documentation enterprise number of RFC 5612.)
+//! JSON line. (32473 is the documentation enterprise number of RFC 5612.) Over UDP and the
+//! Unix socket each message is one datagram: a record too large for one (huge `details`) is
+//! dropped and counted; use TCP for such records.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
