@@ -1,7 +1,8 @@
 //! Reading the chain: ranges by seq or time, streamed in pages, optionally verified.
 //!
 //! Owns: resolving a [`ReadRange`] to seqs and streaming the records (for `magic audit
-//! tail` and `magic audit export --from --to`). With verification on
+//! tail` and `magic audit export --from --to`), and following the chain as it grows
+//! (`magic audit tail -f`). With verification on
 //! (`AUDIT_CHAIN_VERIFY=true`), a record is yielded only after it verified: the stream starts
 //! checking at the newest trusted checkpoint before the range (or at the first record) and
 //! ends with [`AuditError::Tampered`] naming the first bad record.
@@ -10,6 +11,7 @@
 //! chain in memory (pages of [`crate::chain::PAGE`] records).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -89,6 +91,97 @@ impl AuditChain {
             verifier: None,
         };
         futures::stream::try_unfold(state, step).boxed()
+    }
+}
+
+/// How long `follow` waits for news before looking at the store anyway (records appended by
+/// other nodes are only seen in the store).
+const FOLLOW_POLL: Duration = Duration::from_millis(500);
+/// At most one store round per this long while following (each verifying round re-checks
+/// from the nearest checkpoint).
+const FOLLOW_MIN_ROUND: Duration = Duration::from_millis(200);
+
+impl AuditChain {
+    /// Stream the records from `from` on and keep streaming new ones as they are committed,
+    /// by this node or any other sharing the store (`magic audit tail -f`). With `verify`,
+    /// every record is verified before it is yielded, and the stream ends with
+    /// [`AuditError::Tampered`] at the first bad one. Never ends otherwise.
+    pub fn follow(
+        &self,
+        from: Option<Position>,
+        verify: bool,
+    ) -> BoxStream<'static, Result<AuditRecord, AuditError>> {
+        let st = FollowState {
+            live: self.subscribe(),
+            inner: Some(self.read_with(
+                ReadRange {
+                    from: from.clone(),
+                    to: None,
+                },
+                verify,
+            )),
+            chain: self.clone(),
+            next_from: from,
+            verify,
+            last_round: None,
+            failed: false,
+        };
+        futures::stream::unfold(st, follow_step).boxed()
+    }
+}
+
+struct FollowState {
+    chain: AuditChain,
+    next_from: Option<Position>,
+    inner: Option<BoxStream<'static, Result<AuditRecord, AuditError>>>,
+    live: tokio::sync::broadcast::Receiver<std::sync::Arc<AuditRecord>>,
+    verify: bool,
+    last_round: Option<Instant>,
+    failed: bool,
+}
+
+async fn follow_step(
+    mut st: FollowState,
+) -> Option<(Result<AuditRecord, AuditError>, FollowState)> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    loop {
+        if st.failed {
+            return None;
+        }
+        if let Some(inner) = st.inner.as_mut() {
+            match inner.next().await {
+                Some(Ok(r)) => {
+                    st.next_from = Some(Position::Seq(r.seq.saturating_add(1)));
+                    return Some((Ok(r), st));
+                }
+                Some(Err(e)) => {
+                    st.failed = true;
+                    return Some((Err(e), st));
+                }
+                None => st.inner = None,
+            }
+            continue;
+        }
+        if let Some(t) = st.last_round {
+            tokio::time::sleep_until((t + FOLLOW_MIN_ROUND).into()).await;
+        }
+        // Wake on a live record or after the poll interval; the store is the source either
+        // way, so what the live channel carries (or drops when lagging) does not matter.
+        let _ = tokio::time::timeout(FOLLOW_POLL, st.live.recv()).await;
+        loop {
+            match st.live.try_recv() {
+                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
+        st.last_round = Some(Instant::now());
+        st.inner = Some(st.chain.read_with(
+            ReadRange {
+                from: st.next_from.clone(),
+                to: None,
+            },
+            st.verify,
+        ));
     }
 }
 

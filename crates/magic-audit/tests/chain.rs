@@ -553,3 +553,31 @@ async fn an_in_memory_store_works_but_says_it_is_not_durable() {
     );
     chain.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_streams_existing_then_new_records_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.checkpoint_every = 4;
+    let chain = AuditChain::open(sqlite(dir.path()).await, cfg)
+        .await
+        .expect("opens");
+    append_n(&chain, 1, 10).await;
+    let mut follow = chain.follow(Some(Position::Last(2)), true);
+    let writer = chain.clone();
+    let appender = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        append_n(&writer, 11, 5).await;
+    });
+    let mut seqs = Vec::new();
+    while seqs.len() < 7 {
+        let r = tokio::time::timeout(std::time::Duration::from_secs(10), follow.try_next())
+            .await
+            .expect("a record in time")
+            .expect("verified")
+            .expect("stream goes on");
+        seqs.push(r.seq);
+    }
+    assert_eq!(seqs, (9..=15).collect::<Vec<_>>());
+    appender.await.expect("appender");
+}
