@@ -168,12 +168,7 @@ async fn follow_step(
         // Wake on a live record or after the poll interval; the store is the source either
         // way, so what the live channel carries (or drops when lagging) does not matter.
         let _ = tokio::time::timeout(FOLLOW_POLL, st.live.recv()).await;
-        loop {
-            match st.live.try_recv() {
-                Ok(_) | Err(TryRecvError::Lagged(_)) => {}
-                Err(_) => break,
-            }
-        }
+        while let Ok(_) | Err(TryRecvError::Lagged(_)) = st.live.try_recv() {}
         st.last_round = Some(Instant::now());
         st.inner = Some(st.chain.read_with(
             ReadRange {
