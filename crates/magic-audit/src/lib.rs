@@ -5,8 +5,54 @@
 //! answered; verifying the chain; forwarding records to sinks.
 //!
 //! Must never: drop a record silently, rewrite a stored record, or store a secret value.
+//!
+//! The pieces: [`AuditChain`] (the durable chain in the runtime's store, group commit,
+//! signed checkpoints; [`chain`]), [`record`] (the record and its canonical hash, defined
+//! precisely there for external tools), [`verify`] (what tampering is detected and how it
+//! is named), [`checkpoint`] (Ed25519 checkpoints and the key), [`read`] (streaming ranges),
+//! [`sink`] (file, syslog and webhook copies; `AUDIT_LOG_SINK` syntax), [`retention`]
+//! (removing old records behind signed seals), [`config`] (the `AUDIT_*` variables).
+//!
+//! ```no_run
+//! # async fn serve(data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+//! use futures::TryStreamExt;
+//! use magic_audit::{AuditChain, AuditConfig, AuditEvent, ReadRange};
+//!
+//! let store = magic_store::Store::open(std::env::var("DATABASE_URL").ok().as_deref(), data_dir)
+//!     .await?;
+//! let chain = AuditChain::open(store, AuditConfig::from_env(data_dir)?).await?;
+//! println!("{}", chain.describe()); // durability mode, key, sinks
+//! let receipt = chain
+//!     .append_event(AuditEvent { event: "admin_action".into(), ..AuditEvent::default() })
+//!     .await?; // committed (and, with AUDIT_DURABILITY=sync, fsynced)
+//! let report = chain.verify().await?; // `magic audit verify`
+//! assert!(report.first_bad.is_none());
+//! let last_ten: Vec<_> = chain.read(ReadRange::last(10)).try_collect().await?; // tail
+//! # let _ = (receipt, last_ten);
+//! chain.shutdown().await?; // final checkpoint, fsync, sinks flushed
+//! # Ok(()) }
+//! ```
 
 use std::sync::Mutex;
+
+pub mod chain;
+pub mod checkpoint;
+pub mod config;
+mod db;
+pub mod read;
+pub mod record;
+pub mod retention;
+pub mod sink;
+pub mod verify;
+
+pub use chain::{verify_store, AuditChain, AuditStats, Receipt};
+pub use checkpoint::{Checkpoint, KeySource};
+pub use config::{AuditConfig, Durability};
+pub use read::{Position, ReadRange};
+pub use record::{AuditRecord, GENESIS_HASH};
+pub use retention::{RetentionPolicy, RetentionReport, Seal};
+pub use sink::{SinkSpec, SinkStats, SyslogTarget};
+pub use verify::{BadRecord, ChainVerifier, VerifyReport};
 
 /// A security-relevant event, before it is chained. Fields that do not apply stay `None`.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
@@ -42,6 +88,15 @@ pub enum AuditError {
     /// The log is shut down.
     #[error("audit log is closed")]
     Closed,
+    /// A setting (`AUDIT_*`) or the signing key is invalid.
+    #[error("audit configuration: {0}")]
+    Config(String),
+    /// A sink could not be set up.
+    #[error("audit sink: {0}")]
+    Sink(String),
+    /// Reading with verification found the chain tampered with.
+    #[error("audit chain tampered: {0}")]
+    Tampered(verify::BadRecord),
 }
 
 /// Where audit events go. Appending returns once the record is safe as the log's durability

@@ -113,7 +113,7 @@ impl BrokerConfig {
     }
 
     /// Defaults overridden by the environment: `MAGIC_APP_DATABASE_URL` (else `DATABASE_URL`),
-    /// `REDIS_URL`, `MAGIC_MASTER_KEY` (base64) or `MAGIC_MASTER_KEY_FILE`.
+    /// `REDIS_URL`, `MAGIC_REDIS_PREFIX`, `MAGIC_MASTER_KEY` (base64) or `MAGIC_MASTER_KEY_FILE`.
     ///
     /// Fails on a bad `EGRESS_RESOLVE_MODE`.
     pub fn from_env(data_dir: impl Into<PathBuf>) -> Result<Self, String> {
@@ -121,6 +121,9 @@ impl BrokerConfig {
         let mut config = BrokerConfig::new(data_dir);
         config.app_database_url = var("MAGIC_APP_DATABASE_URL").or_else(|| var("DATABASE_URL"));
         config.redis_url = var("REDIS_URL");
+        if let Some(prefix) = var("MAGIC_REDIS_PREFIX") {
+            config.redis_key_prefix = prefix;
+        }
         config.master_key = match (var("MAGIC_MASTER_KEY"), var("MAGIC_MASTER_KEY_FILE")) {
             (Some(key), _) => MasterKeySource::Base64(key),
             (None, Some(file)) => MasterKeySource::File(file.into()),

@@ -57,6 +57,20 @@ impl Client {
         })
     }
 
+    /// Send a request whose success answer has no body (204).
+    pub async fn send_empty(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await.map(|_| ())
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
         let response = req
             .header("x-api-key", &self.key)
@@ -71,6 +85,9 @@ impl Client {
             })?;
         let status = response.status();
         let text = response.text().await.context("reading the response")?;
+        if status.is_success() && text.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
         let body: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
             anyhow!(
                 "HTTP {status}: unexpected response: {}",

@@ -115,6 +115,27 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Manage controllers' secrets (values are write-only).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Approve or revoke `db:rawsql` for a controller (the production policy denies it by default).
+    Rawsql {
+        #[command(subcommand)]
+        command: RawsqlCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Verify, tail or export the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Execute a controller and print the response.
     Execute {
         /// Controller name.
@@ -130,6 +151,70 @@ enum Command {
         request_id: Option<String>,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Set a secret; the value comes from --value or, without it, from stdin.
+    Set {
+        /// Controller the secret belongs to.
+        controller: String,
+        /// Secret name (as listed in the contract's secrets:read keys).
+        name: String,
+        /// The value (prefer stdin: command lines end up in shell history).
+        #[arg(long)]
+        value: Option<String>,
+    },
+    /// List secret names (never values).
+    List {
+        /// Only this controller's.
+        controller: Option<String>,
+    },
+    /// Delete a secret.
+    Delete {
+        /// Controller.
+        controller: String,
+        /// Secret name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RawsqlCommand {
+    /// Approve db:rawsql for every version of a controller.
+    Approve {
+        /// Controller name.
+        controller: String,
+    },
+    /// Withdraw the approval.
+    Revoke {
+        /// Controller name.
+        controller: String,
+    },
+    /// List standing approvals.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain and its signed checkpoints: exit 0 intact, 1 with the first bad
+    /// record named.
+    Verify,
+    /// Print the newest records as JSON lines.
+    Tail {
+        /// How many records.
+        #[arg(long, default_value_t = 20)]
+        last: u64,
+    },
+    /// Print records FROM..=TO (by seq) as JSON lines.
+    Export {
+        /// First seq.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last seq (default: the newest).
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -265,6 +350,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("exported {written} version(s) to {}", output.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit { command, remote } => audit(command, &remote).await,
+        Command::Secrets { command, remote } => secrets(command, &remote).await,
+        Command::Rawsql { command, remote } => rawsql(command, &remote).await,
         Command::Execute {
             name,
             input,
@@ -278,6 +366,182 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .execute(&name, &input, version.as_deref(), request_id.as_deref())
                 .await?;
             println!("{}", serde_json::to_string_pretty(&response)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn secrets(command: SecretsCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        SecretsCommand::Set {
+            controller,
+            name,
+            value,
+        } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let mut v = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut v)
+                        .context("reading the secret from stdin")?;
+                    v.strip_suffix('\n').map(str::to_string).unwrap_or(v)
+                }
+            };
+            client
+                .send_empty(
+                    reqwest::Method::PUT,
+                    &format!(
+                        "/api/admin/secrets/{}/{}",
+                        client::segment(&controller),
+                        client::segment(&name)
+                    ),
+                    Some(serde_json::json!({ "value": value })),
+                )
+                .await?;
+            println!("secret {name} set for {controller}");
+        }
+        SecretsCommand::List { controller } => {
+            let path = match &controller {
+                Some(c) => format!("/api/admin/secrets?controller={}", client::segment(c)),
+                None => "/api/admin/secrets".to_string(),
+            };
+            let list = client.get(&path).await?;
+            let rows = list.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                println!("no secrets");
+            }
+            for r in rows {
+                println!(
+                    "{:<32} {:<32} updated {} by {}",
+                    r["controller"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default(),
+                    r["updated_at"].as_str().unwrap_or_default(),
+                    r["updated_by"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        SecretsCommand::Delete { controller, name } => {
+            client
+                .send_empty(
+                    reqwest::Method::DELETE,
+                    &format!(
+                        "/api/admin/secrets/{}/{}",
+                        client::segment(&controller),
+                        client::segment(&name)
+                    ),
+                    None,
+                )
+                .await?;
+            println!("secret {name} of {controller} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rawsql(command: RawsqlCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        RawsqlCommand::Approve { controller } => {
+            client
+                .send_empty(
+                    reqwest::Method::PUT,
+                    &format!("/api/admin/rawsql/{}", client::segment(&controller)),
+                    None,
+                )
+                .await?;
+            println!("db:rawsql approved for {controller}");
+        }
+        RawsqlCommand::Revoke { controller } => {
+            client
+                .send_empty(
+                    reqwest::Method::DELETE,
+                    &format!("/api/admin/rawsql/{}", client::segment(&controller)),
+                    None,
+                )
+                .await?;
+            println!("db:rawsql approval of {controller} revoked");
+        }
+        RawsqlCommand::List => {
+            for r in client
+                .get("/api/admin/rawsql")
+                .await?
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                println!(
+                    "{:<32} approved {} by {}",
+                    r["controller"].as_str().unwrap_or_default(),
+                    r["approved_at"].as_str().unwrap_or_default(),
+                    r["approved_by"].as_str().unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn audit(command: AuditCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        AuditCommand::Verify => {
+            let r = client.get("/api/admin/audit/verify").await?;
+            if r["intact"] == true {
+                println!(
+                    "audit chain intact: {} records, head seq {} ({}), {} signed checkpoints; signing key {}",
+                    r["records_checked"], r["head_seq"], r["head_hash"].as_str().unwrap_or_default(),
+                    r["checkpoints_checked"], r["public_key"].as_str().unwrap_or_default()
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "error: audit chain broken at record {}: {} ({} records before it verify)",
+                    r["first_bad"]["seq"],
+                    r["first_bad"]["reason"].as_str().unwrap_or_default(),
+                    r["records_checked"]
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
+        AuditCommand::Tail { last } => {
+            for record in client
+                .get(&format!("/api/admin/audit/records?last={last}"))
+                .await?
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                println!("{record}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Export { from, to } => {
+            let mut next = from;
+            loop {
+                let mut path = format!("/api/admin/audit/records?from={next}");
+                if let Some(to) = to {
+                    path.push_str(&format!("&to={to}"));
+                }
+                let page = client
+                    .get(&path)
+                    .await?
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let Some(last_seq) = page.last().and_then(|r| r["seq"].as_u64()) else {
+                    break;
+                };
+                for record in &page {
+                    println!("{record}");
+                }
+                if page.len() < magic_runtime::api::MAX_AUDIT_PAGE
+                    || to.is_some_and(|t| last_seq >= t)
+                {
+                    break;
+                }
+                next = last_seq + 1;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -401,6 +665,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.max_body_bytes = args.max_body_bytes;
     config.python = args.python;
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
+    config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

@@ -18,7 +18,12 @@ const ECHO: &str = "        return {\"greeting\": \"hi \" + input.get(\"name\", 
 
 fn deploy(server: &Server, dir: &std::path::Path) {
     let out = server.cli(&["deploy", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "deploy failed: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "deploy failed: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,7 +35,12 @@ async fn walkthrough_init_validate_deploy_execute_rollback_export() {
     let out = server.cli(&["init", "Greeter", "--dir", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = server.cli(&["validate", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "validate: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "validate: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(stdout(&out).contains("Greeter 0.1.0 is valid"));
     deploy(&server, &dir);
 
@@ -45,9 +55,17 @@ async fn walkthrough_init_validate_deploy_execute_rollback_export() {
 
     // Version 0.2.0 changes the greeting; deploying it switches traffic.
     let contract_text = std::fs::read_to_string(dir.join("contract.yaml")).unwrap();
-    std::fs::write(dir.join("contract.yaml"), contract_text.replace("version: 0.1.0", "version: 0.2.0")).unwrap();
+    std::fs::write(
+        dir.join("contract.yaml"),
+        contract_text.replace("version: 0.1.0", "version: 0.2.0"),
+    )
+    .unwrap();
     let code_text = std::fs::read_to_string(dir.join("controller.py")).unwrap();
-    std::fs::write(dir.join("controller.py"), code_text.replace("Hello", "Howdy")).unwrap();
+    std::fs::write(
+        dir.join("controller.py"),
+        code_text.replace("Hello", "Howdy"),
+    )
+    .unwrap();
     deploy(&server, &dir);
     let out = server.cli(&["execute", "Greeter", "--input", r#"{"name":"Ada"}"#]);
     let response: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -55,7 +73,9 @@ async fn walkthrough_init_validate_deploy_execute_rollback_export() {
     assert_eq!(response["version"], "0.2.0");
 
     // A pinned version still runs the old code.
-    let (status, _, body) = server.post("/api/execute/Greeter?version=0.1.0", r#"{"name":"B"}"#).await;
+    let (status, _, body) = server
+        .post("/api/execute/Greeter?version=0.1.0", r#"{"name":"B"}"#)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["output"]["greeting"], "Hello, B!");
 
@@ -81,9 +101,14 @@ async fn walkthrough_init_validate_deploy_execute_rollback_export() {
     for v in ["0.1.0", "0.2.0"] {
         let exported = export.join("Greeter").join(v);
         let out = server.cli(&["validate", exported.to_str().unwrap()]);
-        assert!(out.status.success(), "exported {v} does not validate: {}", stdout(&out));
+        assert!(
+            out.status.success(),
+            "exported {v} does not validate: {}",
+            stdout(&out)
+        );
     }
-    let exported_code = std::fs::read_to_string(export.join("Greeter/0.2.0/controller.py")).unwrap();
+    let exported_code =
+        std::fs::read_to_string(export.join("Greeter/0.2.0/controller.py")).unwrap();
     assert!(exported_code.contains("Howdy"));
 }
 
@@ -92,12 +117,24 @@ async fn deploy_is_immutable_per_version_and_idempotent_for_same_content() {
     let server = Server::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("c");
-    write_controller(&dir, &contract("Imm", "1.0.0", "greeting", ""), &code("Imm", ECHO));
+    write_controller(
+        &dir,
+        &contract("Imm", "1.0.0", "greeting", ""),
+        &code("Imm", ECHO),
+    );
     deploy(&server, &dir);
     let out = server.cli(&["deploy", dir.to_str().unwrap()]);
     assert!(out.status.success());
-    assert!(stdout(&out).contains("already deployed"), "{}", stdout(&out));
-    std::fs::write(dir.join("controller.py"), code("Imm", "        return {\"greeting\": \"changed\"}")).unwrap();
+    assert!(
+        stdout(&out).contains("already deployed"),
+        "{}",
+        stdout(&out)
+    );
+    std::fs::write(
+        dir.join("controller.py"),
+        code("Imm", "        return {\"greeting\": \"changed\"}"),
+    )
+    .unwrap();
     let out = server.cli(&["deploy", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -111,11 +148,17 @@ async fn state_survives_a_restart() {
     let data = tmp.path().join("data");
     let server = Server::start_in(&data, &[]);
     let dir = tmp.path().join("c");
-    write_controller(&dir, &contract("Durable", "1.0.0", "greeting", ""), &code("Durable", ECHO));
+    write_controller(
+        &dir,
+        &contract("Durable", "1.0.0", "greeting", ""),
+        &code("Durable", ECHO),
+    );
     deploy(&server, &dir);
     server.stop();
     let server = Server::start_in(&data, &[]);
-    let (status, _, body) = server.post("/api/execute/Durable", r#"{"name":"again"}"#).await;
+    let (status, _, body) = server
+        .post("/api/execute/Durable", r#"{"name":"again"}"#)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["output"]["greeting"], "hi again");
 }
@@ -129,47 +172,104 @@ async fn bad_inputs_get_clear_errors_and_the_runtime_keeps_serving() {
         ("Raises", "        raise ValueError(\"bad customer\")", ""),
         ("NotObject", "        return [1, 2, 3]", ""),
         ("WrongShape", "        return {\"greeting\": 42}", ""),
-        ("Forever", "        while True:\n            await asyncio.sleep(0.05)", "resources: { timeout: 1s }\n"),
-        ("Spins", "        while True:\n            pass", "resources: { timeout: 1s }\n"),
+        (
+            "Forever",
+            "        while True:\n            await asyncio.sleep(0.05)",
+            "resources: { timeout: 1s }\n",
+        ),
+        (
+            "Spins",
+            "        while True:\n            pass",
+            "resources: { timeout: 1s }\n",
+        ),
         ("Dies", "        os._exit(3)", ""),
-        ("Killed", "        import signal\n        os.kill(os.getpid(), signal.SIGKILL)", ""),
-        ("Undeclared", "        await self.secrets.get(\"STRIPE_KEY\")\n        return {\"greeting\": \"x\"}", ""),
+        (
+            "Killed",
+            "        import signal\n        os.kill(os.getpid(), signal.SIGKILL)",
+            "",
+        ),
+        (
+            "Undeclared",
+            "        await self.secrets.get(\"STRIPE_KEY\")\n        return {\"greeting\": \"x\"}",
+            "",
+        ),
     ];
     for (name, body, extra) in controllers {
         let dir = tmp.path().join(name);
-        write_controller(&dir, &contract(name, "1.0.0", "greeting", extra), &code(name, body));
+        write_controller(
+            &dir,
+            &contract(name, "1.0.0", "greeting", extra),
+            &code(name, body),
+        );
         deploy(&server, &dir);
     }
 
     // Unknown controller / version.
     let (status, headers, body) = server.post("/api/execute/Nope", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("E1001")));
-    assert_eq!(headers["x-request-id"].to_str().unwrap(), body["request_id"].as_str().unwrap());
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("E1001"))
+    );
+    assert_eq!(
+        headers["x-request-id"].to_str().unwrap(),
+        body["request_id"].as_str().unwrap()
+    );
     let (status, _, body) = server.post("/api/execute/Echo?version=9.9.9", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("E1001")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("E1001"))
+    );
     assert_eq!(body["error"]["details"]["versions"], json!(["1.0.0"]));
     let (status, _, body) = server.post("/api/execute/Echo?version=latest", "{}").await;
     assert_eq!(status, 400, "{body}");
 
     // Invalid JSON and schema violations: E1002 with the failing path.
     let (status, _, body) = server.post("/api/execute/Echo", "{not json").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("E1002")));
-    let (status, _, body) = server.post("/api/execute/Echo", r#"{"n": "not a number"}"#).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("E1002")));
-    assert_eq!(body["error"]["details"]["violations"][0]["path"], "/n", "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("E1002"))
+    );
+    let (status, _, body) = server
+        .post("/api/execute/Echo", r#"{"n": "not a number"}"#)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("E1002"))
+    );
+    assert_eq!(
+        body["error"]["details"]["violations"][0]["path"], "/n",
+        "{body}"
+    );
     let (status, _, body) = server.post("/api/execute/Echo", "[1]").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("E1002")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("E1002"))
+    );
 
     // Output violations: E1003 with the path.
     let (status, _, body) = server.post("/api/execute/NotObject", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("E1003")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("E1003")),
+        "{body}"
+    );
     let (status, _, body) = server.post("/api/execute/WrongShape", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (502, Some("E1003")));
-    assert_eq!(body["error"]["details"]["violations"][0]["path"], "/greeting", "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("E1003"))
+    );
+    assert_eq!(
+        body["error"]["details"]["violations"][0]["path"], "/greeting",
+        "{body}"
+    );
 
     // A raising controller: E5001, message but never the traceback.
     let (status, _, body) = server.post("/api/execute/Raises", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (500, Some("E5001")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("E5001")),
+        "{body}"
+    );
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("bad customer"), "{message}");
     assert!(!body.to_string().contains("Traceback"), "{body}");
@@ -179,23 +279,43 @@ async fn bad_inputs_get_clear_errors_and_the_runtime_keeps_serving() {
         let started = std::time::Instant::now();
         let (status, _, body) = server.post(&format!("/api/execute/{name}"), "{}").await;
         let took = started.elapsed();
-        assert_eq!((status, body["error"]["code"].as_str()), (504, Some("E3001")), "{name}: {body}");
-        assert!(took >= std::time::Duration::from_millis(950), "{name} answered after {took:?}");
-        assert!(took < std::time::Duration::from_secs(5), "{name} answered after {took:?}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (504, Some("E3001")),
+            "{name}: {body}"
+        );
+        assert!(
+            took >= std::time::Duration::from_millis(950),
+            "{name} answered after {took:?}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{name} answered after {took:?}"
+        );
     }
 
     // A worker that dies mid-request: E5001, and the next request still works.
     for name in ["Dies", "Killed"] {
         let (status, _, body) = server.post(&format!("/api/execute/{name}"), "{}").await;
-        assert_eq!((status, body["error"]["code"].as_str()), (500, Some("E5001")), "{name}: {body}");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (500, Some("E5001")),
+            "{name}: {body}"
+        );
     }
-    let (status, _, body) = server.post("/api/execute/Echo", r#"{"name":"still"}"#).await;
+    let (status, _, body) = server
+        .post("/api/execute/Echo", r#"{"name":"still"}"#)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["output"]["greeting"], "hi still");
 
     // An undeclared capability escaping the controller carries its code.
     let (status, _, body) = server.post("/api/execute/Undeclared", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("E2001")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("E2001")),
+        "{body}"
+    );
 
     // Oversize body: 413 with the envelope.
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
@@ -230,7 +350,11 @@ async fn every_endpoint_but_health_readyz_metrics_needs_a_key() {
     let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["checks"]["database"], "ok");
     assert_eq!(ready["checks"]["migrations"], "ok");
-    for path in ["/api/admin/controllers", "/api/openapi.json", "/api/admin/controllers/X"] {
+    for path in [
+        "/api/admin/controllers",
+        "/api/openapi.json",
+        "/api/admin/controllers/X",
+    ] {
         let (status, body) = server.get(path, None).await;
         assert_eq!(status, 401, "{path}");
         assert!(body.contains("E4001"), "{body}");
@@ -238,7 +362,10 @@ async fn every_endpoint_but_health_readyz_metrics_needs_a_key() {
         assert_eq!(status, 401, "{path} with a wrong key");
     }
     let (status, _, body) = server.post_with("/api/execute/X", "{}", &[]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("E4001")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("E4001"))
+    );
     let (status, doc) = server.get("/api/openapi.json", Some(ADMIN_KEY)).await;
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
@@ -268,7 +395,11 @@ async fn request_ids_are_echoed_and_logged() {
     );
     deploy(&server, &dir);
     let (status, headers, body) = server
-        .post_with("/api/execute/Logs", "{}", &[("x-api-key", ADMIN_KEY), ("x-request-id", "req_trace_42")])
+        .post_with(
+            "/api/execute/Logs",
+            "{}",
+            &[("x-api-key", ADMIN_KEY), ("x-request-id", "req_trace_42")],
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(headers["x-request-id"], "req_trace_42");
@@ -277,11 +408,22 @@ async fn request_ids_are_echoed_and_logged() {
     let line = server
         .wait_log(&["execution_completed", "req_trace_42"])
         .expect("an execution_completed log line");
-    for field in ["timestamp", "level", "controller", "version", "request_id", "event", "duration_ms", "capabilities_used"] {
+    for field in [
+        "timestamp",
+        "level",
+        "controller",
+        "version",
+        "request_id",
+        "event",
+        "duration_ms",
+        "capabilities_used",
+    ] {
         assert!(line.get(field).is_some(), "log line lacks {field}: {line}");
     }
     assert_eq!(line["controller"], "Logs");
-    let controller_line = server.wait_log(&["controller_log", "req_trace_42"]).expect("controller log line");
+    let controller_line = server
+        .wait_log(&["controller_log", "req_trace_42"])
+        .expect("controller log line");
     assert_eq!(controller_line["customer_id"], "cust_789");
     assert_eq!(controller_line["message"], "working");
 }
@@ -294,7 +436,10 @@ async fn concurrency_limit_answers_429_instead_of_queueing() {
     write_controller(
         &dir,
         &contract("Slow", "1.0.0", "greeting", ""),
-        &code("Slow", "        await asyncio.sleep(1.5)\n        return {\"greeting\": \"done\"}"),
+        &code(
+            "Slow",
+            "        await asyncio.sleep(1.5)\n        return {\"greeting\": \"done\"}",
+        ),
     );
     deploy(&server, &dir);
     let first = {
@@ -313,7 +458,11 @@ async fn concurrency_limit_answers_429_instead_of_queueing() {
     };
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     let (status, _, body) = server.post("/api/execute/Slow", "{}").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("E3004")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("E3004")),
+        "{body}"
+    );
     assert_eq!(first.await.unwrap(), 200);
     let (status, _, _) = server.post("/api/execute/Slow", "{}").await;
     assert_eq!(status, 200, "a slot frees up when the execution ends");
@@ -354,7 +503,11 @@ async fn invalid_packages_are_refused_with_every_problem() {
 
     // A symlink that leaves the folder is refused by the CLI.
     let dir = tmp.path().join("link");
-    write_controller(&dir, &contract("Link", "1.0.0", "greeting", ""), &code("Link", ECHO));
+    write_controller(
+        &dir,
+        &contract("Link", "1.0.0", "greeting", ""),
+        &code("Link", ECHO),
+    );
     std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
     let out = server.cli(&["deploy", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -369,11 +522,23 @@ async fn invalid_packages_are_refused_with_every_problem() {
             "controller.py": b64(&code("Trick", ECHO)),
             bad: b64("x = 1"),
         }});
-        let (status, _, resp) = server.post("/api/admin/controllers", &body.to_string()).await;
-        assert_eq!((status, resp["error"]["code"].as_str()), (400, Some("E1004")), "{bad}: {resp}");
+        let (status, _, resp) = server
+            .post("/api/admin/controllers", &body.to_string())
+            .await;
+        assert_eq!(
+            (status, resp["error"]["code"].as_str()),
+            (400, Some("E1004")),
+            "{bad}: {resp}"
+        );
     }
-    let (status, _, resp) = server.post("/api/admin/controllers", "{\"files\": 5}").await;
-    assert_eq!((status, resp["error"]["code"].as_str()), (400, Some("E1004")), "{resp}");
+    let (status, _, resp) = server
+        .post("/api/admin/controllers", "{\"files\": 5}")
+        .await;
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (400, Some("E1004")),
+        "{resp}"
+    );
     let (status, _, _) = server.post("/api/admin/controllers", "garbage").await;
     assert_eq!(status, 400);
     assert!(!server.data_dir.join("escape.py").exists());

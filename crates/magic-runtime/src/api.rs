@@ -42,6 +42,18 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/api/admin/controllers/{name}/versions/{version}/package",
             get(export_package),
         )
+        .route("/api/admin/secrets", get(list_secrets))
+        .route(
+            "/api/admin/secrets/{controller}/{name}",
+            axum::routing::put(set_secret).delete(delete_secret),
+        )
+        .route("/api/admin/rawsql", get(list_rawsql))
+        .route(
+            "/api/admin/rawsql/{controller}",
+            axum::routing::put(approve_rawsql).delete(revoke_rawsql),
+        )
+        .route("/api/admin/audit/verify", get(audit_verify))
+        .route("/api/admin/audit/records", get(audit_records))
         .route("/api/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(rt.clone(), authenticate));
     Router::new()
@@ -705,6 +717,278 @@ async fn export_package(
     }))
 }
 
+/// The result of verifying the audit chain.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditVerifyResponse {
+    /// True when no record was edited, removed, inserted, reordered or truncated.
+    pub intact: bool,
+    /// Records checked before the first bad one (all of them when intact).
+    pub records_checked: u64,
+    /// Seq of the last good record.
+    pub head_seq: u64,
+    /// Hash of the last good record.
+    pub head_hash: String,
+    /// Signed checkpoints compared with the records.
+    pub checkpoints_checked: u64,
+    /// The first bad record: `{"seq", "reason"}`.
+    #[schema(value_type = Option<Object>)]
+    pub first_bad: Option<magic_audit::BadRecord>,
+    /// Hex Ed25519 public key that signs this node's checkpoints.
+    pub public_key: String,
+}
+
+/// Verify the whole audit chain and its signed checkpoints.
+#[utoipa::path(get, path = "/api/admin/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerifyResponse)), security(("api_key" = [])))]
+async fn audit_verify(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<AuditVerifyResponse>, Failure> {
+    require_admin(&identity, &rid)?;
+    let report = rt.audit_chain.verify().await.map_err(|e| {
+        tracing::error!(error = %e, "audit verification could not run");
+        fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::BackendUnavailable,
+                "the audit log is unavailable",
+            ),
+        )
+    })?;
+    Ok(Json(AuditVerifyResponse {
+        intact: report.is_ok(),
+        records_checked: report.records_checked,
+        head_seq: report.head_seq,
+        head_hash: report.head_hash,
+        checkpoints_checked: report.checkpoints_checked,
+        first_bad: report.first_bad,
+        public_key: rt.audit_chain.public_key_hex(),
+    }))
+}
+
+/// Which audit records to read.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// First seq (inclusive).
+    pub from: Option<u64>,
+    /// Last seq (inclusive).
+    pub to: Option<u64>,
+    /// The newest N records (instead of from/to).
+    pub last: Option<u64>,
+}
+
+/// Most records one request returns; page with `from`.
+pub const MAX_AUDIT_PAGE: usize = 10_000;
+
+/// Audit records, oldest first (at most 10,000 per request; continue with `from`).
+#[utoipa::path(get, path = "/api/admin/audit/records", tag = "audit", params(AuditQuery),
+    responses((status = 200, description = "Records in chain order", body = Vec<Object>)),
+    security(("api_key" = [])))]
+async fn audit_records(
+    State(rt): State<Arc<Runtime>>,
+    Query(q): Query<AuditQuery>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<serde_json::Value>>, Failure> {
+    use futures::StreamExt as _;
+    use magic_audit::{Position, ReadRange};
+    require_admin(&identity, &rid)?;
+    let range = match q.last {
+        Some(n) => ReadRange::last(n.max(1)),
+        None => ReadRange {
+            from: q.from.map(Position::Seq),
+            to: q.to.map(Position::Seq),
+        },
+    };
+    let mut stream = rt.audit_chain.read(range);
+    let mut out = Vec::new();
+    while let Some(record) = stream.next().await {
+        let record = record.map_err(|e| {
+            fail(
+                &rid,
+                ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    format!("audit read failed: {e}"),
+                ),
+            )
+        })?;
+        out.push(serde_json::from_str(&record.to_json_line()).unwrap_or_default());
+        if out.len() >= MAX_AUDIT_PAGE {
+            break;
+        }
+    }
+    Ok(Json(out))
+}
+
+fn admin_failure(rid: &RequestId, e: magic_broker::AdminError) -> Failure {
+    if e.code() == ErrorCode::BackendUnavailable {
+        tracing::error!(request_id = %rid.0, error = %e, "admin action failed");
+        return fail(
+            rid,
+            ApiError::new(e.code(), "the runtime store is unavailable"),
+        );
+    }
+    fail(rid, ApiError::new(e.code(), e.to_string()))
+}
+
+/// Body of a secret write.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SecretValue {
+    /// The secret's value (stored encrypted; never returned).
+    pub value: String,
+}
+
+/// Which controller's secrets to list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct SecretsQuery {
+    /// Only this controller's secrets.
+    pub controller: Option<String>,
+}
+
+/// Set (create or replace) a controller's secret. The value is never returned or logged.
+#[utoipa::path(put, path = "/api/admin/secrets/{controller}/{name}", tag = "admin",
+    params(("controller" = String, Path, description = "Controller name"), ("name" = String, Path, description = "Secret name")),
+    request_body = SecretValue, responses((status = 204, description = "Stored")), security(("api_key" = [])))]
+async fn set_secret(
+    State(rt): State<Arc<Runtime>>,
+    Path((controller, name)): Path<(String, String)>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, Failure> {
+    require_admin(&identity, &rid)?;
+    let bytes = read_body(body, &headers, 64 * 1024)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    let value: SecretValue = serde_json::from_slice(&bytes).map_err(|_| {
+        fail(
+            &rid,
+            ApiError::new(ErrorCode::InputInvalid, "expected {\"value\": \"...\"}"),
+        )
+    })?;
+    rt.broker
+        .set_secret(&identity.name, &controller, &name, &value.value)
+        .await
+        .map_err(|e| admin_failure(&rid, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete a controller's secret.
+#[utoipa::path(delete, path = "/api/admin/secrets/{controller}/{name}", tag = "admin",
+    params(("controller" = String, Path, description = "Controller name"), ("name" = String, Path, description = "Secret name")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "No such secret", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn delete_secret(
+    State(rt): State<Arc<Runtime>>,
+    Path((controller, name)): Path<(String, String)>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<StatusCode, Failure> {
+    require_admin(&identity, &rid)?;
+    let existed = rt
+        .broker
+        .delete_secret(&identity.name, &controller, &name)
+        .await
+        .map_err(|e| admin_failure(&rid, e))?;
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::SecretNotAllowed,
+                format!("{controller} has no secret {name:?}"),
+            )
+            .with_status(404),
+        ))
+    }
+}
+
+/// Secret names (never values), optionally of one controller.
+#[utoipa::path(get, path = "/api/admin/secrets", tag = "admin", params(SecretsQuery),
+    responses((status = 200, description = "Names, owners and update times", body = Vec<Object>)),
+    security(("api_key" = [])))]
+async fn list_secrets(
+    State(rt): State<Arc<Runtime>>,
+    Query(q): Query<SecretsQuery>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<magic_broker::SecretInfo>>, Failure> {
+    require_admin(&identity, &rid)?;
+    rt.broker
+        .list_secrets(&identity.name, q.controller.as_deref())
+        .await
+        .map(Json)
+        .map_err(|e| admin_failure(&rid, e))
+}
+
+/// Approve `db:rawsql` for every version of a controller (audited).
+#[utoipa::path(put, path = "/api/admin/rawsql/{controller}", tag = "admin",
+    params(("controller" = String, Path, description = "Controller name")),
+    responses((status = 204, description = "Approved")), security(("api_key" = [])))]
+async fn approve_rawsql(
+    State(rt): State<Arc<Runtime>>,
+    Path(controller): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<StatusCode, Failure> {
+    require_admin(&identity, &rid)?;
+    rt.broker
+        .approve_rawsql(&identity.name, &controller)
+        .await
+        .map_err(|e| admin_failure(&rid, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Withdraw a controller's `db:rawsql` approval (audited).
+#[utoipa::path(delete, path = "/api/admin/rawsql/{controller}", tag = "admin",
+    params(("controller" = String, Path, description = "Controller name")),
+    responses((status = 204, description = "Revoked"), (status = 404, description = "No approval", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn revoke_rawsql(
+    State(rt): State<Arc<Runtime>>,
+    Path(controller): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<StatusCode, Failure> {
+    require_admin(&identity, &rid)?;
+    let existed = rt
+        .broker
+        .revoke_rawsql(&identity.name, &controller)
+        .await
+        .map_err(|e| admin_failure(&rid, e))?;
+    if existed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::RawSqlNotApproved,
+                format!("{controller} has no db:rawsql approval"),
+            )
+            .with_status(404),
+        ))
+    }
+}
+
+/// Standing `db:rawsql` approvals.
+#[utoipa::path(get, path = "/api/admin/rawsql", tag = "admin",
+    responses((status = 200, body = Vec<Object>)), security(("api_key" = [])))]
+async fn list_rawsql(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<magic_broker::RawSqlApproval>>, Failure> {
+    require_admin(&identity, &rid)?;
+    rt.broker
+        .rawsql_approvals()
+        .await
+        .map(Json)
+        .map_err(|e| admin_failure(&rid, e))
+}
+
 async fn not_found(Extension(rid): Extension<RequestId>, req: Request) -> Failure {
     fail(
         &rid,
@@ -732,11 +1016,12 @@ impl utoipa::Modify for ApiKeyScheme {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Magic Runtime", description = "Execute contract-bound controllers; deploy, inspect and roll them back."),
-    paths(execute, health, readyz, metrics, openapi, deploy, list_controllers, controller_status, rollback, export_package),
+    paths(execute, health, readyz, metrics, openapi, deploy, list_controllers, controller_status, rollback, export_package,
+          audit_verify, audit_records, set_secret, delete_secret, list_secrets, approve_rawsql, revoke_rawsql, list_rawsql),
     components(schemas(ExecuteResponse, ExecuteMetrics, PackageFiles, RollbackRequest, RollbackResponse,
-                       DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo)),
+                       DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo, AuditVerifyResponse, SecretValue)),
     modifiers(&ApiKeyScheme),
-    tags((name = "execute"), (name = "admin"), (name = "operations"))
+    tags((name = "execute"), (name = "admin"), (name = "audit"), (name = "operations"))
 )]
 pub struct ApiDoc;
 
@@ -775,6 +1060,12 @@ mod tests {
             "/api/admin/controllers/{name}",
             "/api/admin/controllers/{name}/rollback",
             "/api/admin/controllers/{name}/versions/{version}/package",
+            "/api/admin/audit/verify",
+            "/api/admin/audit/records",
+            "/api/admin/secrets",
+            "/api/admin/secrets/{controller}/{name}",
+            "/api/admin/rawsql",
+            "/api/admin/rawsql/{controller}",
         ] {
             assert!(paths.contains_key(p), "missing {p}");
         }

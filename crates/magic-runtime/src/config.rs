@@ -76,6 +76,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Python interpreter (`MAGIC_PYTHON`, else `python3` on PATH).
     pub python: Option<PathBuf>,
+    /// The audit log's settings (`AUDIT_*`).
+    pub audit: magic_audit::AuditConfig,
     /// The capability broker's settings (application database, Redis, master key, egress).
     /// Its `data_dir` is replaced by [`ServeConfig::data_dir`] at start.
     pub broker: magic_broker::BrokerConfig,
@@ -85,6 +87,7 @@ impl ServeConfig {
     /// Defaults for a data dir (tests and embedded use).
     pub fn new(data_dir: PathBuf) -> Self {
         ServeConfig {
+            audit: magic_audit::AuditConfig::new(&data_dir),
             broker: magic_broker::BrokerConfig::new(data_dir.clone()),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir,
@@ -128,13 +131,16 @@ impl ServeConfig {
 /// `MAGIC_MASTER_KEY_FILE`, `EGRESS_RESOLVE_MODE`), completed with the server's own database
 /// and Redis URLs: controllers' business data live in the same database as the runtime's
 /// state unless `MAGIC_APP_DATABASE_URL` says otherwise. Used by the CLI only.
-pub fn broker_config_from_env(serve: &ServeConfig) -> Result<magic_broker::BrokerConfig, ConfigError> {
-    let mut broker = magic_broker::BrokerConfig::from_env(serve.data_dir.clone()).map_err(|reason| {
-        ConfigError::Invalid {
-            setting: "EGRESS_RESOLVE_MODE",
-            reason,
-        }
-    })?;
+pub fn broker_config_from_env(
+    serve: &ServeConfig,
+) -> Result<magic_broker::BrokerConfig, ConfigError> {
+    let mut broker =
+        magic_broker::BrokerConfig::from_env(serve.data_dir.clone()).map_err(|reason| {
+            ConfigError::Invalid {
+                setting: "EGRESS_RESOLVE_MODE",
+                reason,
+            }
+        })?;
     if std::env::var("MAGIC_APP_DATABASE_URL").map_or(true, |v| v.trim().is_empty()) {
         broker.app_database_url = serve.database_url.clone();
     }

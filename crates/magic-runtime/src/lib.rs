@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use magic_audit::{AuditEvent, AuditSink};
+use magic_audit::{AuditChain, AuditEvent, AuditSink};
 use magic_broker::CapabilityBroker;
 use magic_contract::ErrorCode;
 use magic_store::Store;
@@ -60,6 +60,9 @@ pub enum StartError {
     /// Files in the data dir could not be written.
     #[error("data dir: {0}")]
     DataDir(std::io::Error),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(#[from] magic_audit::AuditError),
     /// The capability broker could not start.
     #[error("capability broker: {0}")]
     Broker(#[from] magic_broker::BrokerInitError),
@@ -92,8 +95,10 @@ pub struct Runtime {
     pub executor: Executor,
     /// The capability broker (also used for secrets and approvals by the admin API).
     pub broker: Arc<CapabilityBroker>,
-    /// Where audit events go.
+    /// Where audit events go (the chain, as the broker sees it).
     pub audit: Arc<dyn AuditSink>,
+    /// The audit chain itself (verify, read, shutdown).
+    pub audit_chain: AuditChain,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
 }
@@ -157,7 +162,9 @@ impl Runtime {
         std::fs::create_dir_all(&temp_root).map_err(StartError::DataDir)?;
         let python = executor::find_python(config.python.as_deref()).map_err(StartError::Python)?;
         let metrics = Arc::new(Metrics::new()?);
-        let audit: Arc<dyn AuditSink> = Arc::new(magic_audit::MemoryAuditSink::default());
+        let audit_chain = AuditChain::open(store.clone(), config.audit.clone()).await?;
+        tracing::info!(event = "audit_log", "{}", audit_chain.describe());
+        let audit: Arc<dyn AuditSink> = Arc::new(audit_chain.clone());
         let mut broker_config = config.broker.clone();
         broker_config.data_dir = config.data_dir.clone();
         let broker =
@@ -172,6 +179,7 @@ impl Runtime {
             executor,
             broker,
             audit,
+            audit_chain,
             admin_key_file,
         }))
     }
@@ -217,10 +225,18 @@ impl Runtime {
         let broker = self.broker.readiness().await;
         checks.insert(
             "app_database".into(),
-            if broker.app_database { "ok" } else { "unreachable" }.into(),
+            if broker.app_database {
+                "ok"
+            } else {
+                "unreachable"
+            }
+            .into(),
         );
         if let Some(redis) = broker.redis {
-            checks.insert("redis".into(), if redis { "ok" } else { "unreachable" }.into());
+            checks.insert(
+                "redis".into(),
+                if redis { "ok" } else { "unreachable" }.into(),
+            );
         }
         ready &= broker.is_ready();
         (ready, serde_json::Value::Object(checks))
@@ -247,9 +263,14 @@ pub async fn serve(
         source,
     })?;
     on_listening(addr, &runtime);
-    let app = api::router(runtime);
-    axum::serve(listener, app)
+    let app = api::router(runtime.clone());
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|source| StartError::Listen { addr, source })
+        .map_err(|source| StartError::Listen { addr, source });
+    // Every answered request's records are committed; seal the tail with a final checkpoint.
+    if let Err(e) = runtime.audit_chain.shutdown().await {
+        tracing::error!(error = %e, "audit log shutdown failed");
+    }
+    served
 }

@@ -2,7 +2,7 @@ import os
 
 from magic import Controller, contract
 
-TABLE = "magic_example_items"
+TABLE = "example_items"
 QUEUE = "magic_example_events"
 
 

@@ -143,7 +143,7 @@ class ExamplesTest(unittest.TestCase):
     def test_every_capability(self):
         temp = tempfile.mkdtemp(prefix="magic-example-")
         self.addCleanup(shutil.rmtree, temp, True)
-        backends = MemoryBackends({"magic_example_items": []}, {"EXAMPLE_SECRET": "s3cret"})
+        backends = MemoryBackends({"example_items": []}, {"EXAMPLE_SECRET": "s3cret"})
         output, frames = self.run_example("every_capability", backends, temp_dir=temp)
         self.assertEqual(output, {
             "request_id": "req_example",
