@@ -398,10 +398,10 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32)> {
         let text = std::fs::read_to_string(&path).ok()?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            if f.len() >= 4 && f[0] == name {
-                Some((f[2].parse().ok()?, f[3].parse().ok()?))
-            } else if f.len() >= 3 && f[0] == name {
-                Some((f[2].parse().ok()?, f[2].parse().ok()?))
+            if f.len() >= 3 && f[0] == name {
+                // passwd: name:x:uid:gid:…; group: name:x:gid:members.
+                let id: u32 = f[2].parse().ok()?;
+                Some((id, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(id)))
             } else {
                 None
             }

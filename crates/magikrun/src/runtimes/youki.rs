@@ -46,7 +46,8 @@ pub struct YoukiRuntime {
     root: PathBuf,
     stdio: StdioMode,
     timeout: Duration,
-    exits: Arc<Mutex<HashMap<String, i32>>>,
+    /// Containers whose init this process reaps: `None` while it runs, then its exit code.
+    exits: Arc<Mutex<HashMap<String, Option<i32>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,6 +78,20 @@ fn map_status(s: LcStatus) -> ContainerStatus {
         LcStatus::Running | LcStatus::Paused => ContainerStatus::Running,
         LcStatus::Stopped => ContainerStatus::Stopped,
     }
+}
+
+/// `Container::load` reads `/proc/<pid>/stat`; when the init exits (and is reaped) between its
+/// two reads, it fails once. Retry a few times: the next read sees the process gone (stopped).
+fn load_container(dir: PathBuf) -> Result<Container> {
+    let mut last = None;
+    for _ in 0..5 {
+        match Container::load(dir.clone()) {
+            Ok(c) => return Ok(c),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Err(backend(last.map_or_else(|| "load failed".to_string(), |e| e.to_string())))
 }
 
 static SUBREAPER: Once = Once::new();
@@ -132,14 +147,25 @@ impl YoukiRuntime {
         if !dir.join("state.json").exists() {
             return Err(Error::ContainerNotFound(id.to_string()));
         }
-        Container::load(dir).map_err(backend)
+        load_container(dir)
     }
 
     fn current_status(&self, id: &str, c: &Container) -> ContainerStatus {
-        if lock(&self.exits).contains_key(id) {
-            return ContainerStatus::Stopped;
+        let status = map_status(c.status());
+        match lock(&self.exits).get(id) {
+            Some(Some(_)) => return ContainerStatus::Stopped,
+            Some(None) if status == ContainerStatus::Stopped => {}
+            _ => return status,
         }
-        map_status(c.status())
+        // libcontainer saw the zombie before our reaper collected it: give the reaper a moment
+        // so the exit code is known when `stopped` is reported.
+        for _ in 0..200 {
+            if matches!(lock(&self.exits).get(id), Some(Some(_)) | None) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        status
     }
 
     fn create_blocking(&self, id: &str, bundle: &Path) -> Result<()> {
@@ -201,10 +227,12 @@ impl YoukiRuntime {
                         .map_err(|e| e.to_string())?;
                     c.pid().map(|p| p.as_raw()).ok_or_else(|| "no init pid".to_string())
                 }));
+                // One line: the container init inherits the pipe until it execs, so the reader
+                // cannot wait for EOF.
                 let msg = match r {
-                    Ok(Ok(pid)) => format!("ok {pid}"),
-                    Ok(Err(e)) => format!("err {e}"),
-                    Err(_) => "err panic in create".to_string(),
+                    Ok(Ok(pid)) => format!("ok {pid}\n"),
+                    Ok(Err(e)) => format!("err {}\n", e.replace('\n', " ")),
+                    Err(_) => "err panic in create\n".to_string(),
                 };
                 let mut f = std::fs::File::from(wr);
                 let _ = f.write_all(msg.as_bytes());
@@ -270,7 +298,7 @@ impl YoukiRuntime {
                 break;
             }
             msg.extend_from_slice(&buf[..r]);
-            if msg.len() > 64 * 1024 {
+            if msg.contains(&b'\n') || msg.len() > 64 * 1024 {
                 break;
             }
         }
@@ -286,6 +314,7 @@ impl YoukiRuntime {
             });
         }
         let text = String::from_utf8_lossy(&msg);
+        let text = text.lines().next().unwrap_or_default();
         if let Some(pid) = text.strip_prefix("ok ") {
             pid.trim().parse::<i32>().map_err(backend)
         } else if let Some(e) = text.strip_prefix("err ") {
@@ -298,26 +327,30 @@ impl YoukiRuntime {
     fn spawn_reaper(&self, id: &str, pid: i32) {
         let exits = self.exits.clone();
         let id = id.to_string();
+        lock(&exits).insert(id.clone(), None);
         let _ = std::thread::Builder::new()
             .name(format!("reap-{pid}"))
             .spawn(move || loop {
                 match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
                     Ok(ws) => {
                         if let Some(code) = exit_code_of(ws) {
-                            lock(&exits).insert(id, code);
+                            lock(&exits).insert(id, Some(code));
                             return;
                         }
                     }
                     Err(nix::errno::Errno::EINTR) => continue,
                     // Not our child (subreaper unavailable): the state falls back to /proc.
-                    Err(_) => return,
+                    Err(_) => {
+                        lock(&exits).remove(&id);
+                        return;
+                    }
                 }
             });
     }
 
     /// Exit code of a stopped container, when this process reaped it.
     pub fn exit_code(&self, id: &str) -> Option<i32> {
-        lock(&self.exits).get(id).copied()
+        lock(&self.exits).get(id).copied().flatten()
     }
 }
 
@@ -356,7 +389,7 @@ impl OciRuntime for YoukiRuntime {
         let pid = c.pid();
         let dir = self.root.join(id);
         let task = tokio::task::spawn_blocking(move || {
-            let mut c = Container::load(dir).map_err(backend)?;
+            let mut c = load_container(dir)?;
             c.start().map_err(backend)
         });
         match tokio::time::timeout(self.timeout, task).await {
@@ -412,7 +445,7 @@ impl OciRuntime for YoukiRuntime {
         let dir = self.root.join(id);
         let force = status != ContainerStatus::Stopped;
         tokio::task::spawn_blocking(move || {
-            let mut c = Container::load(dir).map_err(backend)?;
+            let mut c = load_container(dir)?;
             c.delete(force).map_err(backend)
         })
         .await
