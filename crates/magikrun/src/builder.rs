@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::bundle::{Bundle, WasiConfig};
 use crate::constants::OCI_VERSION;
 use crate::error::{Error, Result};
-use crate::extract::{extract_layer, sanitize_entry_path, ExtractLimits};
+use crate::extract::{extract_layer, resolve_file_in_rootfs, sanitize_entry_path, ExtractLimits};
 use crate::image::PulledImage;
 use crate::storage::BlobStore;
 
@@ -462,12 +462,7 @@ fn build_blocking(image: &PulledImage, store: &BlobStore, dir: &Path, b: &BuildO
         BundleKind::Auto => is_wasm_image(&image.config, &args),
     };
     if wasm {
-        let comps = sanitize_entry_path(args[0].as_bytes())?;
-        let module: PathBuf = comps.iter().fold(rootfs.clone(), |p, c| p.join(c));
-        let m = std::fs::symlink_metadata(&module).map_err(|e| Error::io(&module, e))?;
-        if !m.is_file() {
-            return Err(Error::InvalidBundle(format!("{} is not a regular file", args[0])));
-        }
+        let module = resolve_file_in_rootfs(&rootfs, &args[0])?;
         let wasi = WasiConfig {
             args,
             env: env

@@ -267,6 +267,23 @@ fn resolve_dir(root: &Path, comps: &[OsString], create: bool, shown: &str) -> Re
     Ok(Some(out))
 }
 
+/// Resolves a path inside `rootfs` (container semantics: symlinks followed with the rootfs as
+/// `/`, never out of it) to a host path of an existing regular file.
+pub fn resolve_file_in_rootfs(rootfs: &Path, path: &str) -> Result<PathBuf> {
+    let comps = sanitize_entry_path(path.trim_start_matches('/').as_bytes())?;
+    let (name, parent) = comps
+        .split_last()
+        .ok_or_else(|| Error::InvalidBundle(format!("{path:?} names the root directory")))?;
+    let dir = resolve_dir(rootfs, parent, false, path)?
+        .ok_or_else(|| Error::InvalidBundle(format!("{path:?} does not exist in the rootfs")))?;
+    let p = dir.join(name);
+    match fs::symlink_metadata(&p) {
+        Ok(m) if m.is_file() => Ok(p),
+        Ok(_) => Err(Error::InvalidBundle(format!("{path:?} is not a regular file"))),
+        Err(e) => Err(Error::io(&p, e)),
+    }
+}
+
 /// Removes whatever is at `path` without following a symlink there.
 fn remove_any(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
