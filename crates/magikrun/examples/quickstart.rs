@@ -24,7 +24,11 @@ fn make_images(layout: &std::path::Path) -> Result<(), Box<dyn std::error::Error
     let wasm = wat::parse_str(HELLO_WAT)?;
     images.push(ImageDraft {
         tag: "hello-wasm".into(),
-        layers: vec![LayerBlob::plain(tar_of_files(&[("hello.wasm", 0o644, &wasm)])?)],
+        layers: vec![LayerBlob::plain(tar_of_files(&[(
+            "hello.wasm",
+            0o644,
+            &wasm,
+        )])?)],
         entrypoint: vec!["/hello.wasm".into()],
         os: "wasip1".into(),
         architecture: "wasm".into(),
@@ -33,9 +37,17 @@ fn make_images(layout: &std::path::Path) -> Result<(), Box<dyn std::error::Error
     if let Ok(bb) = std::fs::read("/bin/busybox") {
         images.push(ImageDraft {
             tag: "busybox".into(),
-            layers: vec![LayerBlob::gzip(&tar_of_files(&[("bin/busybox", 0o755, &bb)])?)?],
+            layers: vec![LayerBlob::gzip(&tar_of_files(&[(
+                "bin/busybox",
+                0o755,
+                &bb,
+            )])?)?],
             entrypoint: vec!["/bin/busybox".into()],
-            cmd: vec!["sh".into(), "-c".into(), "echo hello from youki: pid $$ on $(busybox hostname)".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo hello from youki: pid $$ on $(busybox hostname)".into(),
+            ],
             ..Default::default()
         });
     }
@@ -52,7 +64,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Detect platform and available runtimes
     let platform = Platform::detect();
     let registry = RuntimeRegistry::new(&platform)?;
-    println!("platform: {} {} cgroups {}", platform.os, platform.arch, platform.cgroup_mode);
+    println!(
+        "platform: {} {} cgroups {}",
+        platform.os, platform.arch, platform.cgroup_mode
+    );
     for name in registry.available_runtimes() {
         println!("Available: {name}");
     }
@@ -86,7 +101,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         runtime.create(&id, &bundle).await?;
         runtime.start(&id).await?;
         let state = runtime.wait(&id, Duration::from_secs(30)).await?;
-        println!("{id} on {runtime_name}: status {:?}, exit {:?}", state.status, state.annotations.get("magikrun.exit_code"));
+        println!(
+            "{id} on {runtime_name}: status {:?}, exit {:?}",
+            state.status,
+            state.annotations.get("magikrun.exit_code")
+        );
         if let Some((out, _err)) = runtime.captured_output(&id).await? {
             print!("{}", String::from_utf8_lossy(&out));
         }

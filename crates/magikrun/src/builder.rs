@@ -372,7 +372,10 @@ fn image_args(config: &ImageConfiguration) -> Vec<String> {
 pub fn is_wasm_image(config: &ImageConfiguration, args: &[String]) -> bool {
     let arch = config.architecture().to_string();
     let os = config.os().to_string();
-    arch == "wasm" || os == "wasi" || os == "wasip1" || args.first().is_some_and(|a| a.ends_with(".wasm"))
+    arch == "wasm"
+        || os == "wasi"
+        || os == "wasip1"
+        || args.first().is_some_and(|a| a.ends_with(".wasm"))
 }
 
 /// Parses an image `user` (`uid[:gid]`, or `root`) into ids; names other than `root` are looked
@@ -435,7 +438,12 @@ struct BuildOpts {
     hostname: Option<String>,
 }
 
-fn build_blocking(image: &PulledImage, store: &BlobStore, dir: &Path, b: &BuildOpts) -> Result<Bundle> {
+fn build_blocking(
+    image: &PulledImage,
+    store: &BlobStore,
+    dir: &Path,
+    b: &BuildOpts,
+) -> Result<Bundle> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let rootfs = dir.join("rootfs");
     std::fs::create_dir(&rootfs).map_err(|e| Error::io(&rootfs, e))?;
@@ -443,7 +451,9 @@ fn build_blocking(image: &PulledImage, store: &BlobStore, dir: &Path, b: &BuildO
 
     let args = b.args.clone().unwrap_or_else(|| image_args(&image.config));
     if args.is_empty() {
-        return Err(Error::InvalidImage("image has no entrypoint or cmd and none was given".into()));
+        return Err(Error::InvalidImage(
+            "image has no entrypoint or cmd and none was given".into(),
+        ));
     }
     let mut env: Vec<String> = image
         .config
@@ -467,7 +477,10 @@ fn build_blocking(image: &PulledImage, store: &BlobStore, dir: &Path, b: &BuildO
             args,
             env: env
                 .iter()
-                .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .filter_map(|e| {
+                    e.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect(),
             ..WasiConfig::default()
         };
@@ -480,7 +493,11 @@ fn build_blocking(image: &PulledImage, store: &BlobStore, dir: &Path, b: &BuildO
         let p = rootfs.join(&comps[0]);
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(Error::InvalidBundle(format!("/{d} in the image is not a directory"))),
+            Ok(_) => {
+                return Err(Error::InvalidBundle(format!(
+                    "/{d} in the image is not a directory"
+                )))
+            }
             Err(_) => std::fs::create_dir(&p).map_err(|e| Error::io(&p, e))?,
         }
     }
@@ -540,7 +557,10 @@ mod tests {
         assert!(caps.effective().as_ref().unwrap().is_empty());
         assert!(caps.permitted().as_ref().unwrap().is_empty());
         let linux = parsed.linux().as_ref().unwrap();
-        assert_eq!(linux.masked_paths().as_ref().unwrap().len(), MASKED_PATHS.len());
+        assert_eq!(
+            linux.masked_paths().as_ref().unwrap().len(),
+            MASKED_PATHS.len()
+        );
         assert!(linux.seccomp().is_some());
         let ns: Vec<String> = linux
             .namespaces()
@@ -564,7 +584,18 @@ mod tests {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        for must in ["ptrace", "mount", "unshare", "setns", "bpf", "keyctl", "kexec_load", "init_module", "userfaultfd", "io_uring_setup"] {
+        for must in [
+            "ptrace",
+            "mount",
+            "unshare",
+            "setns",
+            "bpf",
+            "keyctl",
+            "kexec_load",
+            "init_module",
+            "userfaultfd",
+            "io_uring_setup",
+        ] {
             assert!(names.contains(&must), "{must}");
         }
         assert_eq!(p["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
@@ -575,9 +606,21 @@ mod tests {
     fn user_resolution() {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir(d.path().join("etc")).unwrap();
-        std::fs::write(d.path().join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/:/bin/sh\n").unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/:/bin/sh\n",
+        )
+        .unwrap();
         std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
-        for (u, want) in [("", (0, 0)), ("0", (0, 0)), ("1000", (1000, 1000)), ("1000:5", (1000, 5)), ("app", (1000, 1001)), ("app:staff", (1000, 50)), ("root", (0, 0))] {
+        for (u, want) in [
+            ("", (0, 0)),
+            ("0", (0, 0)),
+            ("1000", (1000, 1000)),
+            ("1000:5", (1000, 5)),
+            ("app", (1000, 1001)),
+            ("app:staff", (1000, 50)),
+            ("root", (0, 0)),
+        ] {
             assert_eq!(resolve_user(u, d.path()).unwrap(), want, "{u}");
         }
         assert!(resolve_user("nobody", d.path()).is_err());
@@ -585,7 +628,8 @@ mod tests {
         // A passwd that is a symlink (possibly to a host file) is never read.
         let d2 = tempfile::tempdir().unwrap();
         std::fs::create_dir(d2.path().join("etc")).unwrap();
-        std::os::unix::fs::symlink(d.path().join("etc/passwd"), d2.path().join("etc/passwd")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("etc/passwd"), d2.path().join("etc/passwd"))
+            .unwrap();
         assert!(resolve_user("app", d2.path()).is_err());
     }
 }

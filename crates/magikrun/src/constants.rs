@@ -58,8 +58,8 @@ mod tests {
     fn derived_relations_hold() {
         // 65,536 pages of 64 KiB is exactly 4 GiB, the seed's WASM memory ceiling.
         assert_eq!(MAX_WASM_MEMORY_PAGES * WASM_PAGE_SIZE, 4 << 30);
-        assert!(MAX_LAYER_SIZE < MAX_ROOTFS_SIZE);
-        assert!(MAX_WASM_MODULE_SIZE <= MAX_LAYER_SIZE);
+        const { assert!(MAX_LAYER_SIZE < MAX_ROOTFS_SIZE) };
+        const { assert!(MAX_WASM_MODULE_SIZE <= MAX_LAYER_SIZE) };
         assert!(u64::from(MAX_VM_MEMORY_MIB) * 1024 * 1024 == MAX_ROOTFS_SIZE);
     }
 }

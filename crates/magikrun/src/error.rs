@@ -186,7 +186,10 @@ mod tests {
     #[test]
     fn messages_name_the_cause() {
         let cases: Vec<(Error, &str)> = vec![
-            (Error::ContainerNotFound("c1".into()), "container not found: c1"),
+            (
+                Error::ContainerNotFound("c1".into()),
+                "container not found: c1",
+            ),
             (
                 Error::InvalidTransition {
                     op: "start",

@@ -93,7 +93,10 @@ impl<R: Read> HashingReader<R> {
     fn finish(mut self) -> io::Result<(R, String)> {
         use sha2::Digest as _;
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.inner, format!("sha256:{}", hex::encode(self.hasher.finalize()))))
+        Ok((
+            self.inner,
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+        ))
     }
 }
 
@@ -172,7 +175,10 @@ pub fn sanitize_entry_path(raw: &[u8]) -> Result<Vec<OsString>> {
                 return Err(Error::unsafe_entry(shown, "absolute paths are not allowed"))
             }
             Component::ParentDir => {
-                return Err(Error::unsafe_entry(shown, "'..' components are not allowed"))
+                return Err(Error::unsafe_entry(
+                    shown,
+                    "'..' components are not allowed",
+                ))
             }
         }
     }
@@ -208,7 +214,12 @@ pub fn symlink_target_stays_inside(link_dir: &[OsString], target: &Path) -> bool
 /// Resolves `comps` (a directory path under `root`) to a host path inside `root`, following
 /// symlinks with the rootfs as `/`. A symlink that climbs above the rootfs is an error; missing
 /// directories are created when `create` is set (else `Ok(None)`).
-fn resolve_dir(root: &Path, comps: &[OsString], create: bool, shown: &str) -> Result<Option<PathBuf>> {
+fn resolve_dir(
+    root: &Path,
+    comps: &[OsString],
+    create: bool,
+    shown: &str,
+) -> Result<Option<PathBuf>> {
     let mut stack: Vec<OsString> = Vec::new();
     let mut queue: VecDeque<OsString> = comps.iter().cloned().collect();
     let mut follows = 0;
@@ -218,7 +229,10 @@ fn resolve_dir(root: &Path, comps: &[OsString], create: bool, shown: &str) -> Re
         }
         if c == ".." {
             if stack.pop().is_none() {
-                return Err(Error::unsafe_entry(shown, "a symlink in the path leads out of the rootfs"));
+                return Err(Error::unsafe_entry(
+                    shown,
+                    "a symlink in the path leads out of the rootfs",
+                ));
             }
             continue;
         }
@@ -248,7 +262,10 @@ fn resolve_dir(root: &Path, comps: &[OsString], create: bool, shown: &str) -> Re
             }
             Ok(m) if m.is_dir() => stack.push(c),
             Ok(_) => {
-                return Err(Error::unsafe_entry(shown, "a path component is not a directory"))
+                return Err(Error::unsafe_entry(
+                    shown,
+                    "a path component is not a directory",
+                ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if !create {
@@ -279,7 +296,9 @@ pub fn resolve_file_in_rootfs(rootfs: &Path, path: &str) -> Result<PathBuf> {
     let p = dir.join(name);
     match fs::symlink_metadata(&p) {
         Ok(m) if m.is_file() => Ok(p),
-        Ok(_) => Err(Error::InvalidBundle(format!("{path:?} is not a regular file"))),
+        Ok(_) => Err(Error::InvalidBundle(format!(
+            "{path:?} is not a regular file"
+        ))),
         Err(e) => Err(Error::io(&p, e)),
     }
 }
@@ -387,7 +406,9 @@ pub fn extract_layer<R: Read>(
             buffered.into_inner()
         }
         Compression::Zstd => {
-            return Err(Error::MalformedArchive("zstd-compressed layers are not supported".into()))
+            return Err(Error::MalformedArchive(
+                "zstd-compressed layers are not supported".into(),
+            ))
         }
         Compression::None => {
             let mut archive = tar::Archive::new(buffered);
@@ -458,7 +479,11 @@ fn apply_archive<R: Read>(
             continue;
         }
         if let Some(hidden) = name_str.strip_prefix(WHITEOUT_PREFIX) {
-            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.starts_with(WHITEOUT_PREFIX) {
+            if hidden.is_empty()
+                || hidden == "."
+                || hidden == ".."
+                || hidden.starts_with(WHITEOUT_PREFIX)
+            {
                 return Err(Error::unsafe_entry(&shown, "invalid whiteout name"));
             }
             if let Some(dir) = resolve_dir(rootfs, parent, false, &shown)? {
@@ -472,7 +497,10 @@ fn apply_archive<R: Read>(
             continue;
         }
 
-        let size = entry.header().size().map_err(|e| Error::MalformedArchive(e.to_string()))?;
+        let size = entry
+            .header()
+            .size()
+            .map_err(|e| Error::MalformedArchive(e.to_string()))?;
         let mode = entry.header().mode().unwrap_or(0o644);
         let uid = entry.header().uid().ok();
         let gid = entry.header().gid().ok();
@@ -503,9 +531,12 @@ fn apply_archive<R: Read>(
                     .mode(0o600)
                     .open(&dest)
                     .map_err(|e| Error::io(&dest, e))?;
-                let n = io::copy(&mut (&mut entry).take(size), &mut f).map_err(|e| map_read_err(e, limits))?;
+                let n = io::copy(&mut (&mut entry).take(size), &mut f)
+                    .map_err(|e| map_read_err(e, limits))?;
                 if n != size {
-                    return Err(Error::MalformedArchive(format!("{shown:?}: short file data")));
+                    return Err(Error::MalformedArchive(format!(
+                        "{shown:?}: short file data"
+                    )));
                 }
                 *rootfs_used += n;
                 stats.bytes += n;
@@ -549,7 +580,10 @@ fn apply_archive<R: Read>(
                 if !symlink_target_stays_inside(&landed, &target) {
                     return Err(Error::unsafe_entry(
                         &shown,
-                        format!("symlink target {} leads out of the rootfs", target.display()),
+                        format!(
+                            "symlink target {} leads out of the rootfs",
+                            target.display()
+                        ),
                     ));
                 }
                 let dest = dir.join(name);
@@ -612,8 +646,12 @@ fn apply_archive<R: Read>(
 
 fn chown(path: &Path, uid: Option<u64>, gid: Option<u64>) {
     if nix::unistd::geteuid().is_root() {
-        let u = uid.and_then(|u| u32::try_from(u).ok()).map(nix::unistd::Uid::from_raw);
-        let g = gid.and_then(|g| u32::try_from(g).ok()).map(nix::unistd::Gid::from_raw);
+        let u = uid
+            .and_then(|u| u32::try_from(u).ok())
+            .map(nix::unistd::Uid::from_raw);
+        let g = gid
+            .and_then(|g| u32::try_from(g).ok())
+            .map(nix::unistd::Gid::from_raw);
         let _ = nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
             path,
@@ -646,9 +684,20 @@ mod tests {
             let want: Vec<OsString> = want.iter().map(OsString::from).collect();
             assert_eq!(got, want, "{raw}");
         }
-        for bad in ["/etc/passwd", "../x", "a/../../x", "a/..", "..", "/", "a\0b"] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/..",
+            "..",
+            "/",
+            "a\0b",
+        ] {
             assert!(
-                matches!(sanitize_entry_path(bad.as_bytes()), Err(Error::UnsafeArchiveEntry { .. })),
+                matches!(
+                    sanitize_entry_path(bad.as_bytes()),
+                    Err(Error::UnsafeArchiveEntry { .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -669,7 +718,11 @@ mod tests {
             (d(&["a"]), "x/../../../y", false),
         ];
         for (dir, target, ok) in cases {
-            assert_eq!(symlink_target_stays_inside(&dir, Path::new(target)), ok, "{dir:?} {target}");
+            assert_eq!(
+                symlink_target_stays_inside(&dir, Path::new(target)),
+                ok,
+                "{dir:?} {target}"
+            );
         }
     }
 
@@ -685,7 +738,10 @@ mod tests {
     #[test]
     fn compression_magic() {
         assert_eq!(detect_compression(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(detect_compression(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            detect_compression(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(detect_compression(b"ustar"), Compression::None);
         assert_eq!(detect_compression(&[]), Compression::None);
     }

@@ -90,7 +90,10 @@ impl ImageSource {
             let (file, tag) = split_tag(rest);
             return Ok(ImageSource::Archive { file, tag });
         }
-        if reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if reference
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(bad("contains whitespace or control characters"));
         }
         let (name, tag_or_digest) = if let Some((n, d)) = reference.split_once('@') {
@@ -103,7 +106,9 @@ impl ImageSource {
             }
         };
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), rest.to_string())
             }
             Some(_) => ("docker.io".to_string(), name.to_string()),
@@ -112,17 +117,23 @@ impl ImageSource {
         let valid_repo = !repository.is_empty()
             && repository.split('/').all(|c| {
                 !c.is_empty()
-                    && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                    && c.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
+                    })
                     && c != "."
                     && c != ".."
             });
         if !valid_repo {
-            return Err(bad("repository must be lowercase [a-z0-9._-] path components"));
+            return Err(bad(
+                "repository must be lowercase [a-z0-9._-] path components",
+            ));
         }
         let valid_tag = tag_or_digest.starts_with("sha256:")
             || (!tag_or_digest.is_empty()
                 && tag_or_digest.len() <= 128
-                && tag_or_digest.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+                && tag_or_digest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
         if !valid_tag {
             return Err(bad("tag must be 1-128 characters of [A-Za-z0-9._-]"));
         }
@@ -183,20 +194,16 @@ pub async fn pull_image_with(
     let reference_owned = reference.to_string();
     let work = async move {
         match source {
-            ImageSource::Layout { dir, tag } => {
-                tokio::task::spawn_blocking(move || {
-                    import_layout(&dir, tag.as_deref(), &store, &opts, &reference_owned)
-                })
-                .await
-                .map_err(|e| Error::Pull(format!("import task failed: {e}")))?
-            }
-            ImageSource::Archive { file, tag } => {
-                tokio::task::spawn_blocking(move || {
-                    import_archive(&file, tag.as_deref(), &store, &opts, &reference_owned)
-                })
-                .await
-                .map_err(|e| Error::Pull(format!("import task failed: {e}")))?
-            }
+            ImageSource::Layout { dir, tag } => tokio::task::spawn_blocking(move || {
+                import_layout(&dir, tag.as_deref(), &store, &opts, &reference_owned)
+            })
+            .await
+            .map_err(|e| Error::Pull(format!("import task failed: {e}")))?,
+            ImageSource::Archive { file, tag } => tokio::task::spawn_blocking(move || {
+                import_archive(&file, tag.as_deref(), &store, &opts, &reference_owned)
+            })
+            .await
+            .map_err(|e| Error::Pull(format!("import task failed: {e}")))?,
             ImageSource::Registry {
                 registry,
                 repository,
@@ -236,7 +243,9 @@ pub fn check_manifest(manifest: &ImageManifest) -> Result<()> {
         }
         let mt = l.media_type().to_string();
         if mt.contains("zstd") {
-            return Err(Error::InvalidImage(format!("layer media type {mt} is not supported")));
+            return Err(Error::InvalidImage(format!(
+                "layer media type {mt} is not supported"
+            )));
         }
     }
     Ok(())
@@ -244,7 +253,9 @@ pub fn check_manifest(manifest: &ImageManifest) -> Result<()> {
 
 fn platform_matches(d: &Descriptor, opts: &PullOptions) -> bool {
     match d.platform() {
-        Some(p) => p.os().to_string() == opts.os && p.architecture().to_string() == opts.architecture,
+        Some(p) => {
+            p.os().to_string() == opts.os && p.architecture().to_string() == opts.architecture
+        }
         None => true,
     }
 }
@@ -308,7 +319,9 @@ fn import_layout(
     let layout: serde_json::Value = serde_json::from_slice(&layout)
         .map_err(|e| Error::InvalidImage(format!("oci-layout: {e}")))?;
     if layout.get("imageLayoutVersion").and_then(|v| v.as_str()) != Some("1.0.0") {
-        return Err(Error::InvalidImage("oci-layout must declare imageLayoutVersion 1.0.0".into()));
+        return Err(Error::InvalidImage(
+            "oci-layout must declare imageLayoutVersion 1.0.0".into(),
+        ));
     }
     let index_path = dir.join("index.json");
     let meta = std::fs::metadata(&index_path).map_err(|e| Error::io(&index_path, e))?;
@@ -382,7 +395,9 @@ mod registry {
         let host = registry.rsplit_once(':').map_or(registry, |(h, _)| h);
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
         {
             "http"
         } else {
@@ -424,14 +439,19 @@ mod registry {
                 if let Some(t) = &self.token {
                     req = req.bearer_auth(t);
                 }
-                let resp = req.send().await.map_err(|e| Error::Pull(format!("GET {url}: {e}")))?;
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| Error::Pull(format!("GET {url}: {e}")))?;
                 if resp.status() == reqwest::StatusCode::UNAUTHORIZED && self.token.is_none() {
                     let challenge = resp
                         .headers()
                         .get("www-authenticate")
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_challenge)
-                        .ok_or_else(|| Error::Pull(format!("GET {url}: 401 without a Bearer challenge")))?;
+                        .ok_or_else(|| {
+                            Error::Pull(format!("GET {url}: 401 without a Bearer challenge"))
+                        })?;
                     let (realm, params) = challenge;
                     let tok: serde_json::Value = self
                         .http
@@ -507,7 +527,11 @@ mod registry {
         opts: &PullOptions,
         original: &str,
     ) -> Result<PulledImage> {
-        let host = if registry == "docker.io" { "registry-1.docker.io" } else { registry };
+        let host = if registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
         let http = reqwest::Client::builder()
             .timeout(opts.timeout)
             .redirect(reqwest::redirect::Policy::limited(5))
@@ -523,7 +547,9 @@ mod registry {
         let mut digest = if reference.starts_with("sha256:") {
             reference.to_string()
         } else {
-            let resp = c.get(&format!("manifests/{reference}"), Some(ACCEPT)).await?;
+            let resp = c
+                .get(&format!("manifests/{reference}"), Some(ACCEPT))
+                .await?;
             let body = resp
                 .bytes()
                 .await
@@ -540,11 +566,20 @@ mod registry {
             d
         };
         for _ in 0..2 {
-            c.fetch_into(&format!("manifests/{digest}"), Some(ACCEPT), &digest, None, MAX_MANIFEST_SIZE, store)
-                .await?;
+            c.fetch_into(
+                &format!("manifests/{digest}"),
+                Some(ACCEPT),
+                &digest,
+                None,
+                MAX_MANIFEST_SIZE,
+                store,
+            )
+            .await?;
             let v: serde_json::Value = read_json_blob(store, &digest)?;
             let mt = v.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
-            let is_index = mt == OCI_INDEX || mt == DOCKER_LIST || (mt.is_empty() && v.get("manifests").is_some());
+            let is_index = mt == OCI_INDEX
+                || mt == DOCKER_LIST
+                || (mt.is_empty() && v.get("manifests").is_some());
             if !is_index {
                 break;
             }
@@ -553,9 +588,15 @@ mod registry {
             digest = select_from_index(&index, None, opts)?.digest().to_string();
         }
         let manifest: ImageManifest = read_json_blob(store, &digest)?;
-        let mt = manifest.media_type().as_ref().map(|m| m.to_string()).unwrap_or_default();
+        let mt = manifest
+            .media_type()
+            .as_ref()
+            .map(|m| m.to_string())
+            .unwrap_or_default();
         if !(mt.is_empty() || mt == OCI_MANIFEST || mt == DOCKER_MANIFEST) {
-            return Err(Error::InvalidImage(format!("unsupported manifest media type {mt}")));
+            return Err(Error::InvalidImage(format!(
+                "unsupported manifest media type {mt}"
+            )));
         }
         check_manifest(&manifest)?;
         let cfg = manifest.config();
@@ -635,7 +676,10 @@ mod tests {
             ("alpine:3.18", reg("docker.io", "library/alpine", "3.18")),
             ("alpine", reg("docker.io", "library/alpine", "latest")),
             ("user/app:v1", reg("docker.io", "user/app", "v1")),
-            ("127.0.0.1:5000/test/img:t", reg("127.0.0.1:5000", "test/img", "t")),
+            (
+                "127.0.0.1:5000/test/img:t",
+                reg("127.0.0.1:5000", "test/img", "t"),
+            ),
             ("localhost/img", reg("localhost", "img", "latest")),
             (
                 "oci:/tmp/layout:v1",
@@ -663,9 +707,24 @@ mod tests {
             assert_eq!(ImageSource::parse(r).unwrap(), want, "{r}");
         }
         let by_digest = format!("ghcr.io/o/r@{d}");
-        assert_eq!(ImageSource::parse(&by_digest).unwrap(), reg("ghcr.io", "o/r", &d));
-        for bad in ["", "UPPER/case", "a b", "img@sha256:xyz", "a//b", "x/../y:1", "img:bad tag", "img:t@g"] {
-            assert!(matches!(ImageSource::parse(bad), Err(Error::InvalidReference { .. })), "{bad:?}");
+        assert_eq!(
+            ImageSource::parse(&by_digest).unwrap(),
+            reg("ghcr.io", "o/r", &d)
+        );
+        for bad in [
+            "",
+            "UPPER/case",
+            "a b",
+            "img@sha256:xyz",
+            "a//b",
+            "x/../y:1",
+            "img:bad tag",
+            "img:t@g",
+        ] {
+            assert!(
+                matches!(ImageSource::parse(bad), Err(Error::InvalidReference { .. })),
+                "{bad:?}"
+            );
         }
     }
 

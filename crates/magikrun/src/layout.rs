@@ -92,7 +92,8 @@ fn write_blob(dir: &Path, data: &[u8]) -> Result<String> {
 pub fn write_layout(dir: &Path, images: &[ImageDraft]) -> Result<Vec<String>> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let layout = dir.join("oci-layout");
-    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(|e| Error::io(&layout, e))?;
+    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(|e| Error::io(&layout, e))?;
     let index_path = dir.join("index.json");
     let mut manifests: Vec<serde_json::Value> = match std::fs::read(&index_path) {
         Ok(b) => serde_json::from_slice::<serde_json::Value>(&b)?
@@ -161,7 +162,8 @@ pub fn write_layout(dir: &Path, images: &[ImageDraft]) -> Result<Vec<String>> {
         out.push(mdigest);
     }
     let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
-    std::fs::write(&index_path, serde_json::to_vec_pretty(&index)?).map_err(|e| Error::io(&index_path, e))?;
+    std::fs::write(&index_path, serde_json::to_vec_pretty(&index)?)
+        .map_err(|e| Error::io(&index_path, e))?;
     Ok(out)
 }
 
@@ -196,14 +198,16 @@ pub fn tar_of_files(files: &[(&str, u32, &[u8])]) -> Result<Vec<u8>> {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
         h.set_size(0);
-        b.append_data(&mut h, d, &[][..]).map_err(|e| Error::io(d, e))?;
+        b.append_data(&mut h, d, &[][..])
+            .map_err(|e| Error::io(d, e))?;
     }
     for (path, mode, data) in files {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(*mode);
         h.set_size(data.len() as u64);
-        b.append_data(&mut h, path, *data).map_err(|e| Error::io(path, e))?;
+        b.append_data(&mut h, path, *data)
+            .map_err(|e| Error::io(path, e))?;
     }
     b.into_inner().map_err(|e| Error::io("<tar>", e))
 }

@@ -146,7 +146,8 @@ impl Platform {
         #[cfg(target_os = "linux")]
         linux::probe(&mut p);
         #[cfg(target_os = "macos")]
-        p.notes.push("Hypervisor.framework probe not implemented in this build".into());
+        p.notes
+            .push("Hypervisor.framework probe not implemented in this build".into());
         #[cfg(windows)]
         windows::probe(&mut p);
         p
@@ -225,14 +226,18 @@ mod linux {
             CgroupMode::Legacy => {
                 p.capabilities.insert(Capability::CgroupsV1);
             }
-            CgroupMode::None => p.notes.push("cgroups: no cgroup filesystem at /sys/fs/cgroup".into()),
+            CgroupMode::None => p
+                .notes
+                .push("cgroups: no cgroup filesystem at /sys/fs/cgroup".into()),
         }
 
         match seccomp_supported() {
             Ok(()) => {
                 p.capabilities.insert(Capability::Seccomp);
             }
-            Err(e) => p.notes.push(format!("seccomp: prctl(PR_GET_SECCOMP) failed: {e}")),
+            Err(e) => p
+                .notes
+                .push(format!("seccomp: prctl(PR_GET_SECCOMP) failed: {e}")),
         }
 
         match kvm_usable(Path::new("/dev/kvm")) {
@@ -311,7 +316,11 @@ mod tests {
             (Other, Cgroup2, true, CgroupMode::None),
         ];
         for (root, unified, v1, want) in cases {
-            assert_eq!(cgroup_mode_from(root, unified, v1), want, "{root:?} {unified:?} {v1}");
+            assert_eq!(
+                cgroup_mode_from(root, unified, v1),
+                want,
+                "{root:?} {unified:?} {v1}"
+            );
         }
     }
 
@@ -324,7 +333,10 @@ mod tests {
         assert!(has_required_namespaces(&all));
         for missing in REQUIRED_NAMESPACES {
             let some: Vec<String> = all.iter().filter(|n| *n != missing).cloned().collect();
-            assert!(!has_required_namespaces(&some), "{missing} missing must fail");
+            assert!(
+                !has_required_namespaces(&some),
+                "{missing} missing must fail"
+            );
         }
         assert!(!has_required_namespaces(&[]));
     }

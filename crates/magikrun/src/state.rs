@@ -172,7 +172,12 @@ mod tests {
     #[test]
     fn transition_table() {
         // (from, op, Some(expected next) | None for deleted, ok?)
-        let table: &[(Option<ContainerStatus>, LifecycleOp, std::result::Result<Option<ContainerStatus>, ()>)] = &[
+        type Row = (
+            Option<ContainerStatus>,
+            LifecycleOp,
+            std::result::Result<Option<ContainerStatus>, ()>,
+        );
+        let table: &[Row] = &[
             (None, Create, Ok(Some(Created))),
             (None, Start, Err(())),
             (None, Kill, Err(())),
@@ -240,7 +245,12 @@ mod tests {
         let v: serde_json::Value = serde_json::to_value(&s).unwrap();
         assert!(v.get("pid").is_none());
         assert!(v.get("annotations").is_none());
-        for (st, name) in [(Creating, "creating"), (Created, "created"), (Running, "running"), (Stopped, "stopped")] {
+        for (st, name) in [
+            (Creating, "creating"),
+            (Created, "created"),
+            (Running, "running"),
+            (Stopped, "stopped"),
+        ] {
             assert_eq!(serde_json::to_value(st).unwrap(), serde_json::json!(name));
             assert_eq!(st.to_string(), name);
         }
@@ -251,9 +261,24 @@ mod tests {
         for ok in ["a", "my-container", "c_1.2", &"x".repeat(128)] {
             assert!(validate_container_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "-rf", ".hidden", "a b", "é", "a\0b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "-rf",
+            ".hidden",
+            "a b",
+            "é",
+            "a\0b",
+            &"x".repeat(129),
+        ] {
             assert!(
-                matches!(validate_container_id(bad), Err(Error::InvalidContainerId { .. })),
+                matches!(
+                    validate_container_id(bad),
+                    Err(Error::InvalidContainerId { .. })
+                ),
                 "{bad:?}"
             );
         }

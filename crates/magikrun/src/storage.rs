@@ -39,7 +39,10 @@ impl Digest {
         if hex.len() != 64 {
             return bad("sha256 hex must be 64 characters");
         }
-        if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return bad("sha256 hex must be lowercase 0-9a-f");
         }
         Ok(Digest {
@@ -197,7 +200,8 @@ impl BlobStore {
                     });
                 }
                 hasher.update(&buf[..n]);
-                tmp.write_all(&buf[..n]).map_err(|e| Error::io(&tmp_path, e))?;
+                tmp.write_all(&buf[..n])
+                    .map_err(|e| Error::io(&tmp_path, e))?;
             }
             if let Some(s) = size {
                 if written != s {
@@ -317,7 +321,10 @@ mod tests {
             format!("sha256+b64u:{}", "a".repeat(64)),
         ];
         for b in &bad {
-            assert!(matches!(Digest::parse(b), Err(Error::InvalidDigest { .. })), "{b:?}");
+            assert!(
+                matches!(Digest::parse(b), Err(Error::InvalidDigest { .. })),
+                "{b:?}"
+            );
         }
     }
 
@@ -329,7 +336,10 @@ mod tests {
         let digest = digest_of(data);
         let path = store.put_blob(&digest, data).unwrap();
         let hex = &digest[7..];
-        assert_eq!(path, dir.path().join("blobs/sha256").join(&hex[..2]).join(hex));
+        assert_eq!(
+            path,
+            dir.path().join("blobs/sha256").join(&hex[..2]).join(hex)
+        );
         assert_eq!(store.get_blob(&digest).unwrap(), data);
         assert!(store.has_blob(&digest).unwrap());
         // No temp files left behind.
@@ -354,9 +364,20 @@ mod tests {
     fn bad_digest_strings_never_touch_disk() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::with_root(dir.path().join("b")).unwrap();
-        for bad in ["sha256:../..", "sha256:../../etc/passwd", "../x", "sha256:ABC"] {
-            assert!(matches!(store.put_blob(bad, b"x"), Err(Error::InvalidDigest { .. })));
-            assert!(matches!(store.get_blob(bad), Err(Error::InvalidDigest { .. })));
+        for bad in [
+            "sha256:../..",
+            "sha256:../../etc/passwd",
+            "../x",
+            "sha256:ABC",
+        ] {
+            assert!(matches!(
+                store.put_blob(bad, b"x"),
+                Err(Error::InvalidDigest { .. })
+            ));
+            assert!(matches!(
+                store.get_blob(bad),
+                Err(Error::InvalidDigest { .. })
+            ));
             assert!(store.has_blob(bad).is_err());
             assert!(store.delete_blob(bad).is_err());
         }
@@ -370,19 +391,27 @@ mod tests {
         let data = vec![7u8; 1000];
         let digest = digest_of(&data);
         // Announced size smaller than content (trailing bytes).
-        let err = store.put_reader(&digest, &data[..], Some(999), u64::MAX).unwrap_err();
+        let err = store
+            .put_reader(&digest, &data[..], Some(999), u64::MAX)
+            .unwrap_err();
         assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
         // Announced size larger than content (short read).
-        let err = store.put_reader(&digest, &data[..], Some(1001), u64::MAX).unwrap_err();
+        let err = store
+            .put_reader(&digest, &data[..], Some(1001), u64::MAX)
+            .unwrap_err();
         assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
         // Over the max size, unannounced.
         let err = store.put_reader(&digest, &data[..], None, 999).unwrap_err();
         assert!(matches!(err, Error::SizeLimit { .. }), "{err}");
         // Announced over the max.
-        let err = store.put_reader(&digest, &data[..], Some(1000), 999).unwrap_err();
+        let err = store
+            .put_reader(&digest, &data[..], Some(1000), 999)
+            .unwrap_err();
         assert!(matches!(err, Error::SizeLimit { .. }), "{err}");
         assert!(!store.has_blob(&digest).unwrap());
-        store.put_reader(&digest, &data[..], Some(1000), 1000).unwrap();
+        store
+            .put_reader(&digest, &data[..], Some(1000), 1000)
+            .unwrap();
         assert!(store.has_blob(&digest).unwrap());
     }
 
@@ -396,9 +425,15 @@ mod tests {
         assert_eq!(p1, p2);
         assert_eq!(fs::read_dir(p1.parent().unwrap()).unwrap().count(), 1);
         fs::write(&p1, b"tampered").unwrap();
-        assert!(matches!(store.get_blob(&digest), Err(Error::DigestMismatch { .. })));
+        assert!(matches!(
+            store.get_blob(&digest),
+            Err(Error::DigestMismatch { .. })
+        ));
         store.delete_blob(&digest).unwrap();
-        assert!(matches!(store.get_blob(&digest), Err(Error::BlobNotFound(_))));
+        assert!(matches!(
+            store.get_blob(&digest),
+            Err(Error::BlobNotFound(_))
+        ));
         store.delete_blob(&digest).unwrap();
     }
 
@@ -416,7 +451,11 @@ mod tests {
         assert_eq!(store.get_blob(&digest).unwrap(), data);
         let d = Digest::parse(&digest).unwrap();
         let shard = store.blob_path(&d).parent().unwrap().to_path_buf();
-        assert_eq!(fs::read_dir(shard).unwrap().count(), 1, "one copy, no temp files");
+        assert_eq!(
+            fs::read_dir(shard).unwrap().count(),
+            1,
+            "one copy, no temp files"
+        );
     }
 
     #[test]

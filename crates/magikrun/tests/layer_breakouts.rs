@@ -1,5 +1,6 @@
 //! Attack archives against the layer extractor: every case must either be refused with a clear
 //! error or stay contained; in all cases nothing outside the rootfs changes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,13 @@ enum E<'a> {
     Fifo(&'a str),
 }
 
-fn raw_header(kind: tar::EntryType, name: &str, link: Option<&str>, mode: u32, size: u64) -> tar::Header {
+fn raw_header(
+    kind: tar::EntryType,
+    name: &str,
+    link: Option<&str>,
+    mode: u32,
+    size: u64,
+) -> tar::Header {
     let mut h = tar::Header::new_old();
     {
         let old = h.as_old_mut();
@@ -44,13 +51,48 @@ fn tar_of(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         match e {
-            E::File(n, m, d) => b.append(&raw_header(tar::EntryType::Regular, n, None, *m, d.len() as u64), *d).unwrap(),
-            E::Dir(n) => b.append(&raw_header(tar::EntryType::Directory, n, None, 0o755, 0), &[][..]).unwrap(),
-            E::Sym(n, t) => b.append(&raw_header(tar::EntryType::Symlink, n, Some(t), 0o777, 0), &[][..]).unwrap(),
-            E::Hard(n, t) => b.append(&raw_header(tar::EntryType::Link, n, Some(t), 0o644, 0), &[][..]).unwrap(),
-            E::Char(n) => b.append(&raw_header(tar::EntryType::Char, n, None, 0o666, 0), &[][..]).unwrap(),
-            E::Block(n) => b.append(&raw_header(tar::EntryType::Block, n, None, 0o666, 0), &[][..]).unwrap(),
-            E::Fifo(n) => b.append(&raw_header(tar::EntryType::Fifo, n, None, 0o666, 0), &[][..]).unwrap(),
+            E::File(n, m, d) => b
+                .append(
+                    &raw_header(tar::EntryType::Regular, n, None, *m, d.len() as u64),
+                    *d,
+                )
+                .unwrap(),
+            E::Dir(n) => b
+                .append(
+                    &raw_header(tar::EntryType::Directory, n, None, 0o755, 0),
+                    &[][..],
+                )
+                .unwrap(),
+            E::Sym(n, t) => b
+                .append(
+                    &raw_header(tar::EntryType::Symlink, n, Some(t), 0o777, 0),
+                    &[][..],
+                )
+                .unwrap(),
+            E::Hard(n, t) => b
+                .append(
+                    &raw_header(tar::EntryType::Link, n, Some(t), 0o644, 0),
+                    &[][..],
+                )
+                .unwrap(),
+            E::Char(n) => b
+                .append(
+                    &raw_header(tar::EntryType::Char, n, None, 0o666, 0),
+                    &[][..],
+                )
+                .unwrap(),
+            E::Block(n) => b
+                .append(
+                    &raw_header(tar::EntryType::Block, n, None, 0o666, 0),
+                    &[][..],
+                )
+                .unwrap(),
+            E::Fifo(n) => b
+                .append(
+                    &raw_header(tar::EntryType::Fifo, n, None, 0o666, 0),
+                    &[][..],
+                )
+                .unwrap(),
         }
     }
     b.into_inner().unwrap()
@@ -103,7 +145,12 @@ fn walk(base: &Path, dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, String
         } else if m.file_type().is_symlink() {
             format!("link {:?}", std::fs::read_link(&p).unwrap())
         } else {
-            format!("file {:o} {} {:?}", m.mode(), m.nlink(), std::fs::read(&p).unwrap())
+            format!(
+                "file {:o} {} {:?}",
+                m.mode(),
+                m.nlink(),
+                std::fs::read(&p).unwrap()
+            )
         };
         out.insert(p.strip_prefix(base).unwrap().to_path_buf(), desc);
     }
@@ -112,7 +159,10 @@ fn walk(base: &Path, dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, String
 fn assert_refused(r: magikrun::Result<()>, needle: &str) {
     match r {
         Err(Error::UnsafeArchiveEntry { reason, .. }) => {
-            assert!(reason.contains(needle), "reason {reason:?} should mention {needle:?}")
+            assert!(
+                reason.contains(needle),
+                "reason {reason:?} should mention {needle:?}"
+            )
         }
         other => panic!("expected UnsafeArchiveEntry({needle}), got {other:?}"),
     }
@@ -128,7 +178,13 @@ fn run(a: &Arena, entries: &[E]) -> magikrun::Result<()> {
 
 #[test]
 fn dotdot_paths_refused() {
-    for name in ["../victim/dotdot", "a/../../victim/x", "..", "./../victim/hello", "../dest-evil/secret"] {
+    for name in [
+        "../victim/dotdot",
+        "a/../../victim/x",
+        "..",
+        "./../victim/hello",
+        "../dest-evil/secret",
+    ] {
         let a = Arena::new();
         assert_refused(run(&a, &[E::File(name, 0o644, b"pwned")]), "'..'");
     }
@@ -138,7 +194,10 @@ fn dotdot_paths_refused() {
 fn absolute_paths_refused() {
     let a = Arena::new();
     let target = a.victim().join("abs");
-    assert_refused(run(&a, &[E::File(target.to_str().unwrap(), 0o644, b"x")]), "absolute");
+    assert_refused(
+        run(&a, &[E::File(target.to_str().unwrap(), 0o644, b"x")]),
+        "absolute",
+    );
     assert_refused(run(&a, &[E::Dir("/")]), "absolute");
 }
 
@@ -147,7 +206,16 @@ fn symlink_out_refused() {
     let a = Arena::new();
     assert_refused(run(&a, &[E::Sym("loophole", "../victim")]), "leads out");
     let a = Arena::new();
-    assert_refused(run(&a, &[E::Sym("d/loophole", "../../victim"), E::File("d/loophole/newfile", 0o644, b"x")]), "leads out");
+    assert_refused(
+        run(
+            &a,
+            &[
+                E::Sym("d/loophole", "../../victim"),
+                E::File("d/loophole/newfile", 0o644, b"x"),
+            ],
+        ),
+        "leads out",
+    );
 }
 
 #[test]
@@ -155,9 +223,15 @@ fn symlink_then_write_through_refused() {
     // A symlink pointing out already in the rootfs (e.g. left by a lower layer): writing through it fails.
     let a = Arena::new();
     std::os::unix::fs::symlink("../victim", a.dest().join("loop")).unwrap();
-    assert_refused(run(&a, &[E::File("loop/newfile", 0o644, b"x")]), "leads out of the rootfs");
+    assert_refused(
+        run(&a, &[E::File("loop/newfile", 0o644, b"x")]),
+        "leads out of the rootfs",
+    );
     assert_refused(run(&a, &[E::Dir("loop/newdir")]), "leads out of the rootfs");
-    assert_refused(run(&a, &[E::File("loop/hello", 0o644, b"overwrite")]), "leads out of the rootfs");
+    assert_refused(
+        run(&a, &[E::File("loop/hello", 0o644, b"overwrite")]),
+        "leads out of the rootfs",
+    );
 }
 
 #[test]
@@ -185,11 +259,17 @@ fn absolute_symlink_is_resolved_inside_the_rootfs() {
     let victim_abs = a.victim();
     let r = run(
         &a,
-        &[E::Sym("abs", victim_abs.to_str().unwrap()), E::File("abs/pwned", 0o644, b"x")],
+        &[
+            E::Sym("abs", victim_abs.to_str().unwrap()),
+            E::File("abs/pwned", 0o644, b"x"),
+        ],
     );
     r.unwrap();
     assert!(!a.victim().join("pwned").exists());
-    let inside = a.dest().join(victim_abs.strip_prefix("/").unwrap()).join("pwned");
+    let inside = a
+        .dest()
+        .join(victim_abs.strip_prefix("/").unwrap())
+        .join("pwned");
     assert_eq!(std::fs::read(inside).unwrap(), b"x");
 }
 
@@ -198,8 +278,14 @@ fn final_symlink_is_replaced_not_followed() {
     let a = Arena::new();
     std::os::unix::fs::symlink(a.victim().join("hello"), a.dest().join("f")).unwrap();
     run(&a, &[E::File("f", 0o644, b"new")]).unwrap();
-    assert_eq!(std::fs::read(a.victim().join("hello")).unwrap(), b"sentinel");
-    assert!(!std::fs::symlink_metadata(a.dest().join("f")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        std::fs::read(a.victim().join("hello")).unwrap(),
+        b"sentinel"
+    );
+    assert!(!std::fs::symlink_metadata(a.dest().join("f"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
@@ -207,17 +293,25 @@ fn directory_entry_over_outside_symlink_replaces_the_link() {
     let a = Arena::new();
     std::os::unix::fs::symlink("../victim", a.dest().join("d")).unwrap();
     run(&a, &[E::Dir("d"), E::File("d/x", 0o644, b"x")]).unwrap();
-    assert!(std::fs::symlink_metadata(a.dest().join("d")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(a.dest().join("d"))
+        .unwrap()
+        .is_dir());
     assert!(!a.victim().join("x").exists());
 }
 
 #[test]
 fn hardlinks_out_refused() {
     let a = Arena::new();
-    assert_refused(run(&a, &[E::Hard("h", "../victim/hello")]), "not a relative path inside");
+    assert_refused(
+        run(&a, &[E::Hard("h", "../victim/hello")]),
+        "not a relative path inside",
+    );
     let a = Arena::new();
     let abs = a.victim().join("hello");
-    assert_refused(run(&a, &[E::Hard("h", abs.to_str().unwrap())]), "not a relative path inside");
+    assert_refused(
+        run(&a, &[E::Hard("h", abs.to_str().unwrap())]),
+        "not a relative path inside",
+    );
     // Through a symlinked directory that points out.
     let a = Arena::new();
     std::os::unix::fs::symlink("../victim", a.dest().join("loop")).unwrap();
@@ -247,7 +341,10 @@ fn hardlink_inside_works_and_to_symlink_links_the_symlink() {
     assert_eq!(std::fs::metadata(a.dest().join("a")).unwrap().nlink(), 2);
     // Writing over the hard-linked symlink replaced it; nothing was written through it.
     assert_eq!(std::fs::read(a.dest().join("hs")).unwrap(), b"replaced");
-    assert!(std::fs::symlink_metadata(a.dest().join("s")).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(a.dest().join("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
@@ -262,8 +359,22 @@ fn device_nodes_and_fifos_refused() {
 fn setuid_and_setgid_stripped() {
     use std::os::unix::fs::PermissionsExt;
     let a = Arena::new();
-    run(&a, &[E::File("su", 0o4755, b"#!"), E::File("sg", 0o2711, b"#!"), E::Dir("tmp")]).unwrap();
-    let mode = |p: &str| std::fs::metadata(a.dest().join(p)).unwrap().permissions().mode() & 0o7777;
+    run(
+        &a,
+        &[
+            E::File("su", 0o4755, b"#!"),
+            E::File("sg", 0o2711, b"#!"),
+            E::Dir("tmp"),
+        ],
+    )
+    .unwrap();
+    let mode = |p: &str| {
+        std::fs::metadata(a.dest().join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
     assert_eq!(mode("su"), 0o755);
     assert_eq!(mode("sg"), 0o711);
 }
@@ -280,10 +391,16 @@ fn invalid_whiteouts_refused() {
 fn whiteout_through_outside_symlink_refused() {
     let a = Arena::new();
     std::os::unix::fs::symlink("../victim", a.dest().join("loop")).unwrap();
-    assert_refused(run(&a, &[E::File("loop/.wh.hello", 0o644, b"")]), "leads out");
+    assert_refused(
+        run(&a, &[E::File("loop/.wh.hello", 0o644, b"")]),
+        "leads out",
+    );
     let a = Arena::new();
     std::os::unix::fs::symlink("../victim", a.dest().join("loop")).unwrap();
-    assert_refused(run(&a, &[E::File("loop/.wh..wh..opq", 0o644, b"")]), "leads out");
+    assert_refused(
+        run(&a, &[E::File("loop/.wh..wh..opq", 0o644, b"")]),
+        "leads out",
+    );
     assert!(a.victim().join("hello").exists());
 }
 
@@ -308,24 +425,49 @@ fn size_limits_trip_before_disk_fills() {
     let big = vec![1u8; 5000];
     // Layer bigger than the per-layer limit.
     let mut used = 0;
-    let r = extract_layer(&tar_of(&[E::File("big", 0o644, &big)])[..], &a.dest(), &small, &mut used);
+    let r = extract_layer(
+        &tar_of(&[E::File("big", 0o644, &big)])[..],
+        &a.dest(),
+        &small,
+        &mut used,
+    );
     assert!(matches!(r, Err(Error::SizeLimit { .. })), "{r:?}");
     assert!(!a.dest().join("big").exists());
     // Rootfs limit across layers.
     let chunk = vec![2u8; 1000];
     let mut used = 0;
-    let limits = ExtractLimits { max_layer_size: 1 << 20, ..small };
-    extract_layer(&tar_of(&[E::File("a", 0o644, &chunk), E::File("b", 0o644, &chunk)])[..], &a.dest(), &limits, &mut used).unwrap();
+    let limits = ExtractLimits {
+        max_layer_size: 1 << 20,
+        ..small
+    };
+    extract_layer(
+        &tar_of(&[E::File("a", 0o644, &chunk), E::File("b", 0o644, &chunk)])[..],
+        &a.dest(),
+        &limits,
+        &mut used,
+    )
+    .unwrap();
     assert_eq!(used, 2000);
-    let r = extract_layer(&tar_of(&[E::File("c", 0o644, &chunk), E::File("d", 0o644, &chunk)])[..], &a.dest(), &limits, &mut used);
-    assert!(matches!(r, Err(Error::SizeLimit { ref what, .. }) if what.contains("rootfs")), "{r:?}");
+    let r = extract_layer(
+        &tar_of(&[E::File("c", 0o644, &chunk), E::File("d", 0o644, &chunk)])[..],
+        &a.dest(),
+        &limits,
+        &mut used,
+    );
+    assert!(
+        matches!(r, Err(Error::SizeLimit { ref what, .. }) if what.contains("rootfs")),
+        "{r:?}"
+    );
     assert!(!a.dest().join("d").exists());
     // Entry count.
     let many: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
     let entries: Vec<E> = many.iter().map(|n| E::File(n, 0o644, b"")).collect();
     let mut used = 0;
     let r = extract_layer(&tar_of(&entries)[..], &a.dest(), &limits, &mut used);
-    assert!(matches!(r, Err(Error::SizeLimit { ref what, .. }) if what.contains("entry count")), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::SizeLimit { ref what, .. }) if what.contains("entry count")),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -338,7 +480,10 @@ fn gzip_bomb_is_cut_off() {
     enc.write_all(&tar).unwrap();
     let gz = enc.finish().unwrap();
     assert!(gz.len() < 64 * 1024);
-    let limits = ExtractLimits { max_layer_size: 1 << 20, ..Default::default() };
+    let limits = ExtractLimits {
+        max_layer_size: 1 << 20,
+        ..Default::default()
+    };
     let mut used = 0;
     let r = extract_layer(&gz[..], &a.dest(), &limits, &mut used);
     assert!(matches!(r, Err(Error::SizeLimit { .. })), "{r:?}");
@@ -352,7 +497,13 @@ fn garbage_and_truncated_archives_are_errors_not_panics() {
     tar.truncate(1000);
     assert!(extract_layer(&tar[..], &a.dest(), &ExtractLimits::default(), &mut used).is_err());
     let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
-    assert!(extract_layer(&garbage[..], &a.dest(), &ExtractLimits::default(), &mut used).is_err());
+    assert!(extract_layer(
+        &garbage[..],
+        &a.dest(),
+        &ExtractLimits::default(),
+        &mut used
+    )
+    .is_err());
     let zstd = [0x28u8, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0];
     assert!(matches!(
         extract_layer(&zstd[..], &a.dest(), &ExtractLimits::default(), &mut used),

@@ -1,11 +1,14 @@
 //! Pull from a real registry on 127.0.0.1: Debian's `docker-registry`, started by the test on a
 //! free loopback port with storage in a temp dir. Skipped (with a message) when not installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use magikrun::layout::{tar_of_files, LayerBlob};
-use magikrun::{pull_image, pull_image_with, BlobStore, Bundle, BundleBuilder, Digest, Error, PullOptions};
+use magikrun::{
+    pull_image, pull_image_with, BlobStore, Bundle, BundleBuilder, Digest, Error, PullOptions,
+};
 
 const REGISTRY: &str = "/usr/bin/docker-registry";
 
@@ -28,7 +31,11 @@ async fn start_registry() -> Option<Registry> {
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let cfg = format!(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
@@ -42,7 +49,11 @@ async fn start_registry() -> Option<Registry> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let reg = Registry { child, addr, _dir: dir };
+    let reg = Registry {
+        child,
+        addr,
+        _dir: dir,
+    };
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -58,10 +69,18 @@ async fn start_registry() -> Option<Registry> {
 
 async fn push_blob(c: &reqwest::Client, base: &str, repo: &str, data: &[u8]) -> String {
     let digest = Digest::of(data).to_string();
-    let r = c.post(format!("{base}/v2/{repo}/blobs/uploads/")).send().await.unwrap();
+    let r = c
+        .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 202);
     let loc = r.headers()["location"].to_str().unwrap().to_string();
-    let loc = if loc.starts_with("http") { loc } else { format!("{base}{loc}") };
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("{base}{loc}")
+    };
     let sep = if loc.contains('?') { '&' } else { '?' };
     let r = c
         .put(format!("{loc}{sep}digest={digest}"))
@@ -106,26 +125,52 @@ async fn push_image(addr: &str, repo: &str, tag: &str, layer: &LayerBlob) -> Str
 
 #[tokio::test]
 async fn pull_from_loopback_registry() {
-    let Some(reg) = start_registry().await else { return };
-    let layer = LayerBlob::gzip(&tar_of_files(&[("bin/app", 0o755, b"#!app"), ("etc/x", 0o644, b"x")]).unwrap()).unwrap();
+    let Some(reg) = start_registry().await else {
+        return;
+    };
+    let layer = LayerBlob::gzip(
+        &tar_of_files(&[("bin/app", 0o755, b"#!app"), ("etc/x", 0o644, b"x")]).unwrap(),
+    )
+    .unwrap();
     let manifest_digest = push_image(&reg.addr, "test/app", "v1", &layer).await;
 
     let tmp = tempfile::tempdir().unwrap();
     let store = BlobStore::with_root(tmp.path().join("blobs")).unwrap();
-    let image = pull_image(&format!("{}/test/app:v1", reg.addr), &store).await.unwrap();
+    let image = pull_image(&format!("{}/test/app:v1", reg.addr), &store)
+        .await
+        .unwrap();
     assert_eq!(image.manifest_digest, manifest_digest);
-    assert!(store.has_blob(&Digest::of(&layer.data).to_string()).unwrap());
+    assert!(store
+        .has_blob(&Digest::of(&layer.data).to_string())
+        .unwrap());
     // By digest too.
-    let by_digest = pull_image(&format!("{}/test/app@{manifest_digest}", reg.addr), &store).await.unwrap();
+    let by_digest = pull_image(&format!("{}/test/app@{manifest_digest}", reg.addr), &store)
+        .await
+        .unwrap();
     assert_eq!(by_digest.manifest_digest, manifest_digest);
 
-    let bundle = BundleBuilder::new().unwrap().image(&image).storage(&store).bundle_dir(tmp.path().join("b")).build().await.unwrap();
-    let Bundle::OciRuntime { path } = bundle else { panic!("not an OCI bundle") };
+    let bundle = BundleBuilder::new()
+        .unwrap()
+        .image(&image)
+        .storage(&store)
+        .bundle_dir(tmp.path().join("b"))
+        .build()
+        .await
+        .unwrap();
+    let Bundle::OciRuntime { path } = bundle else {
+        panic!("not an OCI bundle")
+    };
     assert_eq!(std::fs::read(path.join("rootfs/etc/x")).unwrap(), b"x");
 
     // Unknown tag and unknown repository are errors.
-    assert!(matches!(pull_image(&format!("{}/test/app:nope", reg.addr), &store).await, Err(Error::Pull(_))));
-    assert!(matches!(pull_image(&format!("{}/test/none:v1", reg.addr), &store).await, Err(Error::Pull(_))));
+    assert!(matches!(
+        pull_image(&format!("{}/test/app:nope", reg.addr), &store).await,
+        Err(Error::Pull(_))
+    ));
+    assert!(matches!(
+        pull_image(&format!("{}/test/none:v1", reg.addr), &store).await,
+        Err(Error::Pull(_))
+    ));
 }
 
 #[tokio::test]
@@ -138,9 +183,15 @@ async fn pull_timeout_is_enforced() {
     });
     let tmp = tempfile::tempdir().unwrap();
     let store = BlobStore::with_root(tmp.path()).unwrap();
-    let opts = PullOptions { timeout: Duration::from_millis(300), ..Default::default() };
+    let opts = PullOptions {
+        timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
     let started = Instant::now();
     let r = pull_image_with(&format!("{addr}/test/app:v1"), &store, &opts).await;
-    assert!(matches!(r, Err(Error::Timeout { .. }) | Err(Error::Pull(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Timeout { .. }) | Err(Error::Pull(_))),
+        "{r:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }

@@ -1,12 +1,15 @@
 //! YoukiRuntime on this machine: real namespaces, cgroups, seccomp, reaping. Needs root and
 //! Debian's busybox-static; skipped (with a message) otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod common;
 
 use std::time::Duration;
 
 use magikrun::runtimes::youki::YoukiRuntime;
-use magikrun::{pull_image, BlobStore, Bundle, BundleBuilder, ContainerStatus, Error, OciRuntime, Signal};
+use magikrun::{
+    pull_image, BlobStore, Bundle, BundleBuilder, ContainerStatus, Error, OciRuntime, Signal,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -24,7 +27,9 @@ async fn fixture(cmd: &[&str]) -> Option<Fixture> {
     let tmp = tempfile::tempdir().unwrap();
     let layout = common::busybox_layout(&tmp.path().join("layout"), cmd);
     let store = BlobStore::with_root(tmp.path().join("blobs")).unwrap();
-    let image = pull_image(&format!("oci:{}:busybox", layout.display()), &store).await.unwrap();
+    let image = pull_image(&format!("oci:{}:busybox", layout.display()), &store)
+        .await
+        .unwrap();
     let bundle = BundleBuilder::new()
         .unwrap()
         .image(&image)
@@ -34,14 +39,20 @@ async fn fixture(cmd: &[&str]) -> Option<Fixture> {
         .await
         .unwrap();
     let rt = YoukiRuntime::new(tmp.path().join("state"));
-    Some(Fixture { _tmp: tmp, rt, bundle })
+    Some(Fixture {
+        _tmp: tmp,
+        rt,
+        bundle,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_lifecycle_with_hardened_config() {
     let script = "echo hello; echo pid=$$; hostname; id -u; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; \
                   touch /rootfile 2>/dev/null || echo root-readonly; ls /sys/class/net; cat /proc/kcore 2>&1 | head -c 1 >/dev/null; exit 3";
-    let Some(f) = fixture(&["sh", "-c", script]).await else { return };
+    let Some(f) = fixture(&["sh", "-c", script]).await else {
+        return;
+    };
     let rt = &f.rt;
     rt.create("life", &f.bundle).await.unwrap();
     let st = rt.state("life").await.unwrap();
@@ -57,7 +68,10 @@ async fn full_lifecycle_with_hardened_config() {
     rt.start("life").await.unwrap();
     let st = rt.wait("life", WAIT).await.unwrap();
     assert_eq!(st.status, ContainerStatus::Stopped);
-    assert_eq!(st.annotations.get("magikrun.exit_code").map(String::as_str), Some("3"));
+    assert_eq!(
+        st.annotations.get("magikrun.exit_code").map(String::as_str),
+        Some("3")
+    );
     assert!(st.pid.is_none());
     let v: serde_json::Value = serde_json::from_str(&st.to_json().unwrap()).unwrap();
     assert_eq!(v["status"], "stopped");
@@ -65,32 +79,59 @@ async fn full_lifecycle_with_hardened_config() {
 
     let (out, _) = rt.log_paths("life");
     let out = std::fs::read_to_string(out).unwrap();
-    for want in ["hello", "pid=1", "magikrun", "Seccomp:\t2", "NoNewPrivs:\t1", "CapEff:\t0000000000000000", "root-readonly"] {
+    for want in [
+        "hello",
+        "pid=1",
+        "magikrun",
+        "Seccomp:\t2",
+        "NoNewPrivs:\t1",
+        "CapEff:\t0000000000000000",
+        "root-readonly",
+    ] {
         assert!(out.contains(want), "{want:?} missing from:\n{out}");
     }
     // Only loopback in the fresh network namespace.
     assert!(out.lines().any(|l| l.trim() == "lo"), "{out}");
     assert!(!out.contains("eth0"), "{out}");
     // Init was reaped by us: no zombie left.
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists() || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        !stat.contains(") Z ")
-    });
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists() || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            !stat.contains(") Z ")
+        }
+    );
 
-    assert!(matches!(rt.start("life").await, Err(Error::InvalidTransition { .. })));
-    assert!(matches!(rt.kill("life", Signal::Term).await, Err(Error::InvalidTransition { .. })));
+    assert!(matches!(
+        rt.start("life").await,
+        Err(Error::InvalidTransition { .. })
+    ));
+    assert!(matches!(
+        rt.kill("life", Signal::Term).await,
+        Err(Error::InvalidTransition { .. })
+    ));
     rt.delete("life").await.unwrap();
-    assert!(matches!(rt.state("life").await, Err(Error::ContainerNotFound(_))));
+    assert!(matches!(
+        rt.state("life").await,
+        Err(Error::ContainerNotFound(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_running_and_delete_created() {
-    let Some(f) = fixture(&["sleep", "100"]).await else { return };
+    let Some(f) = fixture(&["sleep", "100"]).await else {
+        return;
+    };
     let rt = &f.rt;
     rt.create("sleeper", &f.bundle).await.unwrap();
     rt.start("sleeper").await.unwrap();
-    assert_eq!(rt.state("sleeper").await.unwrap().status, ContainerStatus::Running);
-    assert!(matches!(rt.delete("sleeper").await, Err(Error::InvalidTransition { .. })));
+    assert_eq!(
+        rt.state("sleeper").await.unwrap().status,
+        ContainerStatus::Running
+    );
+    assert!(matches!(
+        rt.delete("sleeper").await,
+        Err(Error::InvalidTransition { .. })
+    ));
     rt.kill("sleeper", Signal::Kill).await.unwrap();
     let st = rt.wait("sleeper", WAIT).await.unwrap();
     assert_eq!(st.annotations["magikrun.exit_code"], "137");
@@ -111,8 +152,12 @@ async fn kill_running_and_delete_created() {
 async fn seccomp_from_config_is_enforced() {
     // busybox sets $PPID from getppid(2): 0 for a PID-namespace init, -1 when seccomp makes the
     // call fail. A control run with the default profile, then one whose config.json denies it.
-    let Some(f) = fixture(&["sh", "-c", "echo ppid=$PPID"]).await else { return };
-    let Bundle::OciRuntime { path } = &f.bundle else { panic!("not an OCI bundle") };
+    let Some(f) = fixture(&["sh", "-c", "echo ppid=$PPID"]).await else {
+        return;
+    };
+    let Bundle::OciRuntime { path } = &f.bundle else {
+        panic!("not an OCI bundle")
+    };
     let rt = &f.rt;
     let bundle = &f.bundle;
     let run = |id: &'static str| async move {
@@ -126,11 +171,18 @@ async fn seccomp_from_config_is_enforced() {
     let control = run("sc-control").await;
     assert!(control.contains("ppid=0"), "{control}");
 
-    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("config.json")).unwrap()).unwrap();
-    assert_eq!(cfg["linux"]["seccomp"]["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        cfg["linux"]["seccomp"]["syscalls"][0]["action"],
+        "SCMP_ACT_ERRNO"
+    );
     cfg["linux"]["seccomp"]["syscalls"][0]["names"] = serde_json::json!(["getppid"]);
     std::fs::write(path.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
     let denied = run("sc-denied").await;
     // getppid() returning -1 is printed signed or unsigned depending on the busybox build.
-    assert!(denied.contains("ppid=-1") || denied.contains("ppid=4294967295"), "{denied}");
+    assert!(
+        denied.contains("ppid=-1") || denied.contains("ppid=4294967295"),
+        "{denied}"
+    );
 }

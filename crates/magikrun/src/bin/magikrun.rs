@@ -12,7 +12,11 @@ use magikrun::runtimes::{default_state_root, OciRuntime, RegistryOptions, Runtim
 use magikrun::{Bundle, ContainerStatus, Platform, Signal};
 
 #[derive(Parser, Debug)]
-#[command(name = "magikrun", version, about = "OCI runtime on youki's libcontainer")]
+#[command(
+    name = "magikrun",
+    version,
+    about = "OCI runtime on youki's libcontainer"
+)]
 struct Cli {
     /// State directory (default: /run/magikrun/youki for root).
     #[arg(long, global = true)]
@@ -173,7 +177,10 @@ async fn run(cli: Cli) -> magikrun::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("magikrun: {e}");

@@ -37,7 +37,7 @@ pub fn validate_vm_resources(vcpus: u8, memory_mib: u32) -> Result<()> {
             "vcpus must be 1..={MAX_VCPUS}, got {vcpus}"
         )));
     }
-    if memory_mib < 16 || memory_mib > MAX_VM_MEMORY_MIB {
+    if !(16..=MAX_VM_MEMORY_MIB).contains(&memory_mib) {
         return Err(Error::InvalidBundle(format!(
             "memory must be 16..={MAX_VM_MEMORY_MIB} MiB, got {memory_mib}"
         )));

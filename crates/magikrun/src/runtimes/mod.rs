@@ -208,7 +208,10 @@ pub fn backend_availability(name: &str, platform: &Platform) -> std::result::Res
         "krun" => krun::availability(platform),
         "windows" => {
             if platform.os != "windows" {
-                Err(format!("windows backend needs Windows, this is {}", platform.os))
+                Err(format!(
+                    "windows backend needs Windows, this is {}",
+                    platform.os
+                ))
             } else if !platform.has_capability(Capability::Wsl2) {
                 Err("WSL2 is not installed".into())
             } else {
@@ -259,7 +262,9 @@ impl RuntimeRegistry {
             let rt: Result<Arc<dyn OciRuntime>> = match name {
                 "wasmtime" => WasmtimeRuntime::new().map(|r| Arc::new(r) as Arc<dyn OciRuntime>),
                 #[cfg(target_os = "linux")]
-                "youki" => Ok(Arc::new(YoukiRuntime::new(options.state_root.join("youki")))),
+                "youki" => Ok(Arc::new(YoukiRuntime::new(
+                    options.state_root.join("youki"),
+                ))),
                 #[cfg(all(feature = "krun", target_os = "linux"))]
                 "krun" => KrunRuntime::new().map(|r| Arc::new(r) as Arc<dyn OciRuntime>),
                 #[cfg(windows)]
@@ -328,7 +333,10 @@ mod tests {
             assert_eq!(s.parse::<Signal>().unwrap(), want, "{s}");
         }
         for bad in ["", "SIG", "TERMX", "99", "-9", "SIGSEGV"] {
-            assert!(matches!(bad.parse::<Signal>(), Err(Error::InvalidSignal(_))), "{bad}");
+            assert!(
+                matches!(bad.parse::<Signal>(), Err(Error::InvalidSignal(_))),
+                "{bad}"
+            );
         }
         for sig in Signal::ALL {
             assert_eq!(sig.name().parse::<Signal>().unwrap(), sig);
@@ -342,31 +350,75 @@ mod tests {
     #[test]
     fn availability_table() {
         use Capability::*;
-        let full = [Namespaces, UserNamespaces, CgroupsV1, CgroupsV2, Seccomp, WasmRuntime];
+        let full = [
+            Namespaces,
+            UserNamespaces,
+            CgroupsV1,
+            CgroupsV2,
+            Seccomp,
+            WasmRuntime,
+        ];
         let cases: Vec<(&str, Platform, bool)> = vec![
             ("youki", platform(&full, true, "linux"), true),
-            ("youki", platform(&[Namespaces, CgroupsV2, WasmRuntime], true, "linux"), true),
-            ("youki", platform(&[Namespaces, CgroupsV1, WasmRuntime], true, "linux"), true),
-            ("youki", platform(&[CgroupsV2, WasmRuntime], true, "linux"), false),
-            ("youki", platform(&[Namespaces, WasmRuntime], true, "linux"), false),
-            ("youki", platform(&[Namespaces, CgroupsV2], false, "linux"), false),
-            ("youki", platform(&[Namespaces, CgroupsV2, UserNamespaces], false, "linux"), true),
+            (
+                "youki",
+                platform(&[Namespaces, CgroupsV2, WasmRuntime], true, "linux"),
+                true,
+            ),
+            (
+                "youki",
+                platform(&[Namespaces, CgroupsV1, WasmRuntime], true, "linux"),
+                true,
+            ),
+            (
+                "youki",
+                platform(&[CgroupsV2, WasmRuntime], true, "linux"),
+                false,
+            ),
+            (
+                "youki",
+                platform(&[Namespaces, WasmRuntime], true, "linux"),
+                false,
+            ),
+            (
+                "youki",
+                platform(&[Namespaces, CgroupsV2], false, "linux"),
+                false,
+            ),
+            (
+                "youki",
+                platform(&[Namespaces, CgroupsV2, UserNamespaces], false, "linux"),
+                true,
+            ),
             ("youki", platform(&full, true, "macos"), false),
             ("wasmtime", platform(&[WasmRuntime], false, "linux"), true),
             ("wasmtime", platform(&[], false, "linux"), false),
             ("windows", platform(&full, true, "linux"), false),
-            ("windows", platform(&[Windows, Wsl2], false, "windows"), true),
+            (
+                "windows",
+                platform(&[Windows, Wsl2], false, "windows"),
+                true,
+            ),
             ("windows", platform(&[Windows], false, "windows"), false),
             ("nope", platform(&full, true, "linux"), false),
         ];
         for (name, p, ok) in cases {
-            assert_eq!(backend_availability(name, &p).is_ok(), ok, "{name} on {:?}", p.capabilities);
+            assert_eq!(
+                backend_availability(name, &p).is_ok(),
+                ok,
+                "{name} on {:?}",
+                p.capabilities
+            );
         }
     }
 
     #[test]
     fn krun_unavailable_reason_without_feature_or_kvm() {
-        let p = platform(&[Capability::Namespaces, Capability::WasmRuntime], true, "linux");
+        let p = platform(
+            &[Capability::Namespaces, Capability::WasmRuntime],
+            true,
+            "linux",
+        );
         let reason = backend_availability("krun", &p).unwrap_err();
         assert!(!reason.is_empty());
         if !cfg!(feature = "krun") {
@@ -399,7 +451,10 @@ mod tests {
             let offered = names.contains(&name);
             let reason = reg.unavailable().get(name);
             assert!(offered ^ reason.is_some(), "{name}");
-            assert_eq!(offered, backend_availability(name, &p).is_ok() && reg.get(name).is_some());
+            assert_eq!(
+                offered,
+                backend_availability(name, &p).is_ok() && reg.get(name).is_some()
+            );
         }
         if !cfg!(feature = "krun") {
             assert!(reg.unavailable()["krun"].contains("feature"));

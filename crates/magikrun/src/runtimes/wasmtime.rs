@@ -21,7 +21,9 @@ use crate::bundle::{Bundle, WasiConfig};
 use crate::constants::{MAX_WASM_MEMORY_PAGES, MAX_WASM_MODULE_SIZE, WASM_PAGE_SIZE};
 use crate::error::{Error, Result};
 use crate::runtimes::{OciRuntime, Signal};
-use crate::state::{transition, validate_container_id, ContainerState, ContainerStatus, LifecycleOp};
+use crate::state::{
+    transition, validate_container_id, ContainerState, ContainerStatus, LifecycleOp,
+};
 
 /// Capacity of each captured output stream (stdout, stderr).
 pub const MAX_CAPTURED_OUTPUT: usize = 16 * 1024 * 1024;
@@ -48,7 +50,12 @@ impl MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired <= self.max_bytes && maximum.is_none_or(|m| desired <= m);
         if !ok {
             self.denied = true;
@@ -56,7 +63,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(ok)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
     }
 
@@ -106,10 +118,16 @@ pub struct WasmExit {
 /// Maps a run's result to an exit. `killed` is the signal number sent by `kill`, 0 if none.
 pub fn classify_exit(result: &wasmtime::Result<()>, killed: i32) -> WasmExit {
     match result {
-        Ok(()) => WasmExit { code: 0, error: None },
+        Ok(()) => WasmExit {
+            code: 0,
+            error: None,
+        },
         Err(e) => {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                return WasmExit { code: exit.0, error: None };
+                return WasmExit {
+                    code: exit.0,
+                    error: None,
+                };
             }
             match e.downcast_ref::<Trap>() {
                 Some(Trap::OutOfFuel) => WasmExit {
@@ -179,7 +197,11 @@ impl WasmtimeRuntime {
             .stdout(c.stdout.clone())
             .stderr(c.stderr.clone());
         for p in &c.wasi.preopens {
-            let perms = if p.read_only { FsPerms::ReadOnly } else { FsPerms::ReadWrite };
+            let perms = if p.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
             if let Err(e) = b.preopened_dir(&p.host, &p.guest, perms) {
                 return (Err(e), false);
             }
@@ -306,7 +328,9 @@ impl OciRuntime for WasmtimeRuntime {
     async fn state(&self, id: &str) -> Result<ContainerState> {
         let c = self.get(id)?;
         let run = lock(&c.status).clone();
-        let status = run.status.ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        let status = run
+            .status
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
         let mut st = ContainerState::new(id, status, None, c.bundle_path.clone());
         let mut ann = BTreeMap::new();
         if let Some(code) = run.exit_code {

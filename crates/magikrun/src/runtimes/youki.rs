@@ -29,7 +29,9 @@ use crate::bundle::Bundle;
 use crate::constants::CONTAINER_START_TIMEOUT;
 use crate::error::{Error, Result};
 use crate::runtimes::{OciRuntime, Signal};
-use crate::state::{transition, validate_container_id, ContainerState, ContainerStatus, LifecycleOp};
+use crate::state::{
+    transition, validate_container_id, ContainerState, ContainerStatus, LifecycleOp,
+};
 
 /// Where the container process' stdio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +93,10 @@ fn load_container(dir: PathBuf) -> Result<Container> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    Err(backend(last.map_or_else(|| "load failed".to_string(), |e| e.to_string())))
+    Err(backend(last.map_or_else(
+        || "load failed".to_string(),
+        |e| e.to_string(),
+    )))
 }
 
 static SUBREAPER: Once = Once::new();
@@ -102,7 +107,10 @@ fn become_subreaper() {
         // orphan re-parenting; no memory is passed.
         let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         if rc != 0 {
-            tracing::warn!("PR_SET_CHILD_SUBREAPER failed: {}", std::io::Error::last_os_error());
+            tracing::warn!(
+                "PR_SET_CHILD_SUBREAPER failed: {}",
+                std::io::Error::last_os_error()
+            );
         }
     });
 }
@@ -138,7 +146,10 @@ impl YoukiRuntime {
     /// Files receiving a container's stdout and stderr in [`StdioMode::Capture`].
     pub fn log_paths(&self, id: &str) -> (PathBuf, PathBuf) {
         let d = self.root.join(".logs");
-        (d.join(format!("{id}.stdout")), d.join(format!("{id}.stderr")))
+        (
+            d.join(format!("{id}.stdout")),
+            d.join(format!("{id}.stderr")),
+        )
     }
 
     fn load(&self, id: &str) -> Result<Container> {
@@ -197,7 +208,8 @@ impl YoukiRuntime {
                         .open(p)
                         .map_err(|e| Error::io(p, e))
                 };
-                let null = std::fs::File::open("/dev/null").map_err(|e| Error::io("/dev/null", e))?;
+                let null =
+                    std::fs::File::open("/dev/null").map_err(|e| Error::io("/dev/null", e))?;
                 Some((null.into(), open(&out)?.into(), open(&err)?.into()))
             }
         };
@@ -225,7 +237,9 @@ impl YoukiRuntime {
                         .with_detach(true)
                         .build()
                         .map_err(|e| e.to_string())?;
-                    c.pid().map(|p| p.as_raw()).ok_or_else(|| "no init pid".to_string())
+                    c.pid()
+                        .map(|p| p.as_raw())
+                        .ok_or_else(|| "no init pid".to_string())
                 }));
                 // One line: the container init inherits the pipe until it execs, so the reader
                 // cannot wait for EOF.
@@ -434,7 +448,15 @@ impl OciRuntime for YoukiRuntime {
             return Ok(None);
         }
         let (out, err) = self.log_paths(id);
-        let read = |p: &Path| std::fs::read(p).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(Vec::new()) } else { Err(Error::io(p, e)) });
+        let read = |p: &Path| {
+            std::fs::read(p).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(Vec::new())
+                } else {
+                    Err(Error::io(p, e))
+                }
+            })
+        };
         Ok(Some((read(&out)?, read(&err)?)))
     }
 
@@ -466,7 +488,10 @@ mod tests {
     fn exit_codes() {
         let p = Pid::from_raw(1);
         assert_eq!(exit_code_of(WaitStatus::Exited(p, 3)), Some(3));
-        assert_eq!(exit_code_of(WaitStatus::Signaled(p, NixSignal::SIGKILL, false)), Some(137));
+        assert_eq!(
+            exit_code_of(WaitStatus::Signaled(p, NixSignal::SIGKILL, false)),
+            Some(137)
+        );
         assert_eq!(exit_code_of(WaitStatus::StillAlive), None);
     }
 
@@ -482,14 +507,25 @@ mod tests {
     async fn unknown_and_invalid_ids() {
         let d = tempfile::tempdir().unwrap();
         let rt = YoukiRuntime::new(d.path());
-        assert!(matches!(rt.state("nope").await, Err(Error::ContainerNotFound(_))));
-        assert!(matches!(rt.start("../x").await, Err(Error::InvalidContainerId { .. })));
+        assert!(matches!(
+            rt.state("nope").await,
+            Err(Error::ContainerNotFound(_))
+        ));
+        assert!(matches!(
+            rt.start("../x").await,
+            Err(Error::InvalidContainerId { .. })
+        ));
         let wasm = Bundle::Wasm {
             module: "/x.wasm".into(),
             wasi: Default::default(),
         };
-        assert!(matches!(rt.create("a", &wasm).await, Err(Error::UnsupportedBundle { .. })));
-        let missing = Bundle::OciRuntime { path: d.path().join("none") };
+        assert!(matches!(
+            rt.create("a", &wasm).await,
+            Err(Error::UnsupportedBundle { .. })
+        ));
+        let missing = Bundle::OciRuntime {
+            path: d.path().join("none"),
+        };
         assert!(rt.create("a", &missing).await.is_err());
     }
 }

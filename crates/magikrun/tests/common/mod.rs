@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests: images built in the test, never downloaded.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,8 @@ pub fn is_root() -> bool {
 
 /// A gzip layer holding a static busybox at /bin/busybox plus /bin/sh etc. as symlinks.
 pub fn busybox_layer() -> LayerBlob {
-    let bb = std::fs::read(BUSYBOX).expect("busybox-static must be installed (apt-get install busybox-static)");
+    let bb = std::fs::read(BUSYBOX)
+        .expect("busybox-static must be installed (apt-get install busybox-static)");
     let mut b = tar::Builder::new(Vec::new());
     for d in ["bin", "etc"] {
         let mut h = tar::Header::new_gnu();
@@ -28,12 +30,15 @@ pub fn busybox_layer() -> LayerBlob {
     h.set_mode(0o755);
     h.set_size(bb.len() as u64);
     b.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
-    for tool in ["sh", "echo", "cat", "grep", "sleep", "hostname", "id", "touch", "ls", "true"] {
+    for tool in [
+        "sh", "echo", "cat", "grep", "sleep", "hostname", "id", "touch", "ls", "true",
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_mode(0o777);
         h.set_size(0);
-        b.append_link(&mut h, format!("bin/{tool}"), "busybox").unwrap();
+        b.append_link(&mut h, format!("bin/{tool}"), "busybox")
+            .unwrap();
     }
     let passwd = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n";
     let mut h = tar::Header::new_gnu();
