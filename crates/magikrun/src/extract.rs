@@ -736,6 +736,36 @@ mod tests {
     }
 
     #[test]
+    fn files_resolve_inside_the_rootfs_only() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("root");
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(root.join("app/m.wasm"), b"inside").unwrap();
+        std::fs::write(base.path().join("host.wasm"), b"host").unwrap();
+        // Absolute symlink: means the container's /, so it resolves inside.
+        std::os::unix::fs::symlink("/app", root.join("abs")).unwrap();
+        // Relative symlink climbing out.
+        std::os::unix::fs::symlink("..", root.join("up")).unwrap();
+        // Final component that is a symlink to a host file.
+        std::os::unix::fs::symlink(base.path().join("host.wasm"), root.join("app/link.wasm"))
+            .unwrap();
+        let inside = resolve_file_in_rootfs(&root, "/abs/m.wasm").unwrap();
+        assert_eq!(std::fs::read(inside).unwrap(), b"inside");
+        assert!(resolve_file_in_rootfs(&root, "app/m.wasm").is_ok());
+        assert!(matches!(
+            resolve_file_in_rootfs(&root, "/up/host.wasm"),
+            Err(Error::UnsafeArchiveEntry { .. })
+        ));
+        assert!(matches!(
+            resolve_file_in_rootfs(&root, "/app/link.wasm"),
+            Err(Error::InvalidBundle(_))
+        ));
+        assert!(resolve_file_in_rootfs(&root, "/app").is_err());
+        assert!(resolve_file_in_rootfs(&root, "/").is_err());
+        assert!(resolve_file_in_rootfs(&root, "/missing/x").is_err());
+    }
+
+    #[test]
     fn compression_magic() {
         assert_eq!(detect_compression(&[0x1f, 0x8b, 8]), Compression::Gzip);
         assert_eq!(
