@@ -25,13 +25,29 @@ async fn cycle(
     rt: &dyn OciRuntime,
     id: &str,
     b: &Bundle,
-) -> Result<Duration, Box<dyn std::error::Error>> {
+) -> Result<[Duration; 5], Box<dyn std::error::Error>> {
     let t = Instant::now();
     rt.create(id, b).await?;
+    let c = t.elapsed();
     rt.start(id).await?;
+    let s = t.elapsed();
     rt.wait(id, Duration::from_secs(30)).await?;
+    let w = t.elapsed();
     rt.delete(id).await?;
-    Ok(t.elapsed())
+    let d = t.elapsed();
+    Ok([d, c, s - c, w - s, d - w])
+}
+
+fn report_all(name: &str, runs: Vec<[Duration; 5]>) {
+    for (i, part) in ["total", "create", "start", "wait", "delete"]
+        .iter()
+        .enumerate()
+    {
+        report(
+            &format!("{name} {part}"),
+            runs.iter().map(|r| r[i]).collect(),
+        );
+    }
 }
 
 #[tokio::main]
@@ -54,10 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..n {
         times.push(cycle(&wasm_rt, &format!("w{i}"), &wb).await?);
     }
-    report(
-        "wasmtime create+start+wait+delete (compile included)",
-        times,
-    );
+    report_all("wasmtime (compile included)", times);
 
     let Ok(bb) = std::fs::read("/bin/busybox") else {
         println!("youki: skipped (no /bin/busybox)");
@@ -90,6 +103,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..n {
         times.push(cycle(&rt, &format!("y{i}"), &bundle).await?);
     }
-    report("youki create+start+wait+delete", times);
+    report_all("youki", times);
     Ok(())
 }

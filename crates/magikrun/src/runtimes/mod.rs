@@ -129,6 +129,7 @@ pub trait OciRuntime: Send + Sync {
     /// Waits until the container is stopped, polling [`OciRuntime::state`], for at most `timeout`.
     async fn wait(&self, id: &str, timeout: Duration) -> Result<ContainerState> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut polls: u32 = 0;
         loop {
             let st = self.state(id).await?;
             if st.status == ContainerStatus::Stopped {
@@ -140,7 +141,14 @@ pub trait OciRuntime: Send + Sync {
                     after: timeout,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Poll fast at first (short-lived containers), then back off.
+            polls = polls.saturating_add(1);
+            let pause = match polls {
+                0..=50 => Duration::from_millis(1),
+                51..=200 => Duration::from_millis(5),
+                _ => Duration::from_millis(20),
+            };
+            tokio::time::sleep(pause).await;
         }
     }
 }
