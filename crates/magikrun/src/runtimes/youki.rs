@@ -391,7 +391,6 @@ impl OciRuntime for YoukiRuntime {
         };
         let id = id.to_string();
         let path = path.clone();
-        lock(&self.exits).remove(&id);
         tokio::task::spawn_blocking(move || me.create_blocking(&id, &path))
             .await
             .map_err(backend)?
