@@ -186,3 +186,36 @@ async fn seccomp_from_config_is_enforced() {
         "{denied}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_that_hangs_is_timed_out_and_cleaned_up() {
+    // A createRuntime hook that sleeps makes libcontainer's create hang; our bound must fire.
+    let Some(f) = fixture(&["true"]).await else {
+        return;
+    };
+    let Bundle::OciRuntime { path } = &f.bundle else {
+        panic!("not an OCI bundle")
+    };
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path.join("config.json")).unwrap()).unwrap();
+    cfg["hooks"] =
+        serde_json::json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"]}]});
+    std::fs::write(path.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let rt = YoukiRuntime::new(f.rt.root()).with_timeout(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let r = rt.create("hang", &f.bundle).await;
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        !rt.root().join("hang").exists(),
+        "state of the failed create must be removed"
+    );
+    assert!(matches!(
+        rt.state("hang").await,
+        Err(Error::ContainerNotFound(_))
+    ));
+}
