@@ -48,8 +48,10 @@ async fn fixture(cmd: &[&str]) -> Option<Fixture> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_lifecycle_with_hardened_config() {
-    let script = "echo hello; echo pid=$$; hostname; id -u; grep -E '^(Seccomp|NoNewPrivs|CapEff):' /proc/self/status; \
-                  touch /rootfile 2>/dev/null || echo root-readonly; ls /sys/class/net; cat /proc/kcore 2>&1 | head -c 1 >/dev/null; exit 3";
+    let script = "echo hello; echo pid=$$; hostname; id -u; grep -E '^(Seccomp|NoNewPrivs|CapEff|CapBnd):' /proc/self/status; \
+                  touch /rootfile 2>/dev/null || echo root-readonly; ls /sys/class/net; \
+                  test -s /proc/kcore && echo kcore-visible || echo kcore-masked; \
+                  touch /tmp/scratch && echo tmp-writable; exit 3";
     let Some(f) = fixture(&["sh", "-c", script]).await else {
         return;
     };
@@ -62,6 +64,27 @@ async fn full_lifecycle_with_hardened_config() {
     // The init process sits in its own cgroup named after the container.
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cg.contains("life"), "{cg}");
+    // The pids limit from config.json is applied in the container's pids cgroup (v1 here, v2
+    // on unified hosts).
+    let pids_line = cg
+        .lines()
+        .find(|l| l.contains(":pids:") || l.starts_with("0::"))
+        .unwrap();
+    // "8:pids:/path": the path itself may contain ':' (libcontainer names it ":youki:<id>").
+    let rel = pids_line
+        .splitn(3, ':')
+        .nth(2)
+        .unwrap()
+        .trim_start_matches('/');
+    let max = [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(|base| std::path::Path::new(base).join(rel).join("pids.max"))
+    .find_map(|p| std::fs::read_to_string(p).ok());
+    assert_eq!(max.as_deref().map(str::trim), Some("1024"), "{cg}");
     // A second create with the same id is refused.
     assert!(rt.create("life", &f.bundle).await.is_err());
 
@@ -86,7 +109,10 @@ async fn full_lifecycle_with_hardened_config() {
         "Seccomp:\t2",
         "NoNewPrivs:\t1",
         "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
         "root-readonly",
+        "kcore-masked",
+        "tmp-writable",
     ] {
         assert!(out.contains(want), "{want:?} missing from:\n{out}");
     }

@@ -214,6 +214,9 @@ impl YoukiRuntime {
             }
         };
         become_subreaper();
+        // With captured stdio the helper gets its own process group (killed whole on timeout);
+        // with inherited stdio it stays in the caller's, so a terminal keeps working.
+        let own_group = self.stdio == StdioMode::Capture;
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(backend)?;
 
         // SAFETY: the child only runs libcontainer's create (allocation is safe after fork:
@@ -222,6 +225,11 @@ impl YoukiRuntime {
         match unsafe { fork() }.map_err(backend)? {
             ForkResult::Child => {
                 drop(rd);
+                if own_group {
+                    // SAFETY: setpgid(0, 0) only moves this new child into its own process
+                    // group, so a timeout can kill it with everything it started (hooks).
+                    unsafe { libc::setpgid(0, 0) };
+                }
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
                         .with_root_path(root.clone())
@@ -257,7 +265,7 @@ impl YoukiRuntime {
             ForkResult::Parent { child } => {
                 drop(wr);
                 drop(stdio);
-                let result = self.await_helper(child, rd);
+                let result = self.await_helper(child, rd, own_group);
                 match result {
                     Ok(pid) => {
                         self.spawn_reaper(id, pid);
@@ -277,7 +285,7 @@ impl YoukiRuntime {
     }
 
     /// Reads the helper's answer and reaps it, killing it after the timeout.
-    fn await_helper(&self, child: Pid, rd: OwnedFd) -> Result<i32> {
+    fn await_helper(&self, child: Pid, rd: OwnedFd, own_group: bool) -> Result<i32> {
         let deadline = Instant::now() + self.timeout;
         let mut msg = Vec::new();
         let mut f = std::fs::File::from(rd);
@@ -317,6 +325,9 @@ impl YoukiRuntime {
             }
         }
         if timed_out {
+            if own_group {
+                let _ = nix_kill(Pid::from_raw(-child.as_raw()), NixSignal::SIGKILL);
+            }
             let _ = nix_kill(child, NixSignal::SIGKILL);
         }
         // The helper exits right after writing; reap it (bounded by the kill above).
