@@ -545,3 +545,75 @@ fn whiteouts_and_opaque_dirs_across_layers() {
     assert!(d.join("c").exists(), "same-layer whiteout must not hide c");
     assert!(!d.join("b/.wh..wh..opq").exists() && !d.join("a/.wh.x").exists());
 }
+
+#[test]
+fn mutated_archives_never_panic_or_escape() {
+    // A deterministic mini-fuzz (the cargo-fuzz target in fuzz/ does the same at scale): flip
+    // bytes of a valid archive full of links and whiteouts; every outcome must be Ok or Err with
+    // nothing outside the rootfs touched.
+    let base = tar_of(&[
+        E::Dir("d"),
+        E::File("d/f", 0o644, b"hello world"),
+        E::Sym("d/s", "../d/f"),
+        E::Hard("d/h", "d/f"),
+        E::File("d/.wh.f", 0o644, b""),
+        E::Sym("abs", "/etc"),
+        E::File("e/.wh..wh..opq", 0o644, b""),
+    ]);
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // Header offsets, so mutations can land in names, link names and types with a valid
+    // checksum (random bytes elsewhere mostly stop at the checksum check).
+    let mut headers = Vec::new();
+    let mut off = 0;
+    while off + 512 <= base.len() && base[off..off + 512].iter().any(|b| *b != 0) {
+        headers.push(off);
+        let size_field = std::str::from_utf8(&base[off + 124..off + 135]).unwrap();
+        let size = u64::from_str_radix(size_field.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+            .unwrap();
+        off += 512 + (size as usize).div_ceil(512) * 512;
+    }
+    const ALPHABET: &[u8] = b"./a.wh_opq/..\0";
+    let (mut ok, mut refused) = (0, 0);
+    for round in 0..400 {
+        let a = Arena::new();
+        let mut data = base.clone();
+        for _ in 0..(1 + next() % 6) {
+            if round % 4 == 0 {
+                // Raw byte flip anywhere.
+                let i = (next() as usize) % data.len();
+                data[i] = (next() & 0xff) as u8;
+                continue;
+            }
+            let h = headers[(next() as usize) % headers.len()];
+            let field = match next() % 3 {
+                0 => h + (next() as usize) % 100,       // name
+                1 => h + 157 + (next() as usize) % 100, // linkname
+                _ => h + 156,                           // typeflag
+            };
+            data[field] = ALPHABET[(next() as usize) % ALPHABET.len()];
+            if field == h + 156 {
+                data[field] = b"0125673"[(next() as usize) % 7];
+            }
+            // Recompute the header checksum.
+            data[h + 148..h + 156].copy_from_slice(b"        ");
+            let sum: u32 = data[h..h + 512].iter().map(|b| u32::from(*b)).sum();
+            let text = format!("{sum:06o}\0 ");
+            data[h + 148..h + 156].copy_from_slice(text.as_bytes());
+        }
+        let before = a.outside();
+        match a.extract(&data) {
+            Ok(()) => ok += 1,
+            Err(Error::UnsafeArchiveEntry { .. }) => refused += 1,
+            Err(_) => {}
+        }
+        assert_eq!(before, a.outside(), "mutation escaped the rootfs");
+    }
+    // The mutations must exercise both paths, or this test proves nothing.
+    assert!(ok > 20 && refused > 20, "ok {ok}, refused {refused}");
+}
