@@ -195,3 +195,131 @@ async fn pull_timeout_is_enforced() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// A tiny registry that serves fixed bodies per path (HTTP/1.1, one request per connection).
+fn fake_registry(routes: Vec<(String, Vec<u8>)>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // Drain the headers.
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let resp = match routes.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(body);
+                    r
+                }
+                None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_vec(),
+            };
+            let _ = conn.write_all(&resp);
+        }
+    });
+    addr
+}
+
+fn image_parts(layer: &[u8], layer_size: usize) -> (Vec<u8>, Vec<u8>, String, String) {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": magikrun::image::oci_arch(std::env::consts::ARCH), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [Digest::of(layer).to_string()]}
+    }))
+    .unwrap();
+    let config_digest = Digest::of(&config).to_string();
+    let layer_digest = Digest::of(layer).to_string();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}]
+    }))
+    .unwrap();
+    (manifest, config, config_digest, layer_digest)
+}
+
+#[tokio::test]
+async fn registry_blobs_are_verified() {
+    let layer = tar_of_files(&[("f", 0o644, b"genuine")]).unwrap();
+    let (manifest, config, config_digest, layer_digest) = image_parts(&layer, layer.len());
+    let manifest_digest = Digest::of(&manifest).to_string();
+    let mut evil = layer.clone();
+    evil[600] ^= 0x20;
+    let tmp = tempfile::tempdir().unwrap();
+
+    // 1. A layer whose bytes do not match its digest.
+    let addr = fake_registry(vec![
+        ("/v2/t/app/manifests/v1".into(), manifest.clone()),
+        (
+            format!("/v2/t/app/manifests/{manifest_digest}"),
+            manifest.clone(),
+        ),
+        (format!("/v2/t/app/blobs/{config_digest}"), config.clone()),
+        (format!("/v2/t/app/blobs/{layer_digest}"), evil),
+    ]);
+    let store = BlobStore::with_root(tmp.path().join("s1")).unwrap();
+    let r = pull_image(&format!("{addr}/t/app:v1"), &store).await;
+    assert!(matches!(r, Err(Error::DigestMismatch { .. })), "{r:?}");
+    assert!(!store.has_blob(&layer_digest).unwrap());
+
+    // 2. A manifest fetched by digest whose bytes are another manifest.
+    let other = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "layers": []})).unwrap();
+    let addr = fake_registry(vec![(
+        format!("/v2/t/app/manifests/{manifest_digest}"),
+        other,
+    )]);
+    let store = BlobStore::with_root(tmp.path().join("s2")).unwrap();
+    let r = pull_image(&format!("{addr}/t/app@{manifest_digest}"), &store).await;
+    assert!(matches!(r, Err(Error::DigestMismatch { .. })), "{r:?}");
+
+    // 3. A layer longer than its descriptor says.
+    let (manifest3, config3, config_digest3, layer_digest3) =
+        image_parts(&layer, layer.len() - 512);
+    let addr = fake_registry(vec![
+        ("/v2/t/app/manifests/v1".into(), manifest3.clone()),
+        (
+            format!("/v2/t/app/manifests/{}", Digest::of(&manifest3)),
+            manifest3,
+        ),
+        (format!("/v2/t/app/blobs/{config_digest3}"), config3),
+        (format!("/v2/t/app/blobs/{layer_digest3}"), layer.clone()),
+    ]);
+    let store = BlobStore::with_root(tmp.path().join("s3")).unwrap();
+    let r = pull_image(&format!("{addr}/t/app:v1"), &store).await;
+    assert!(
+        matches!(
+            r,
+            Err(Error::SizeLimit { .. }) | Err(Error::SizeMismatch { .. })
+        ),
+        "{r:?}"
+    );
+
+    // 4. The genuine image from the same fake registry pulls fine (the checks are not blanket).
+    let addr = fake_registry(vec![
+        ("/v2/t/app/manifests/v1".into(), manifest.clone()),
+        (format!("/v2/t/app/manifests/{manifest_digest}"), manifest),
+        (format!("/v2/t/app/blobs/{config_digest}"), config),
+        (format!("/v2/t/app/blobs/{layer_digest}"), layer),
+    ]);
+    let store = BlobStore::with_root(tmp.path().join("s4")).unwrap();
+    let image = pull_image(&format!("{addr}/t/app:v1"), &store)
+        .await
+        .unwrap();
+    assert_eq!(image.manifest_digest, manifest_digest);
+}
