@@ -245,3 +245,46 @@ async fn create_that_hangs_is_timed_out_and_cleaned_up() {
         Err(Error::ContainerNotFound(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_lifecycles_from_a_multithreaded_caller() {
+    // create forks a helper from a busy multi-threaded process: run several at once, while
+    // other threads allocate, to catch deadlocks in the forked child.
+    let Some(f) = fixture(&["sh", "-c", "echo $$"]).await else {
+        return;
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                v.push(vec![1u8; 4096]);
+                if v.len() > 1000 {
+                    v.clear();
+                }
+            }
+        })
+    };
+    for round in 0..3 {
+        let runs = (0..4).map(|i| {
+            let rt = &f.rt;
+            let b = &f.bundle;
+            async move {
+                let id = format!("par-{round}-{i}");
+                rt.create(&id, b).await.unwrap();
+                rt.start(&id).await.unwrap();
+                let st = rt.wait(&id, WAIT).await.unwrap();
+                assert_eq!(st.annotations["magikrun.exit_code"], "0");
+                let out = rt.captured_output(&id).await.unwrap().unwrap().0;
+                assert_eq!(String::from_utf8(out).unwrap(), "1\n");
+                rt.delete(&id).await.unwrap();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(runs))
+            .await
+            .expect("parallel lifecycles hung");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+}
