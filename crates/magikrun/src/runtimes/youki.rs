@@ -118,8 +118,11 @@ fn become_subreaper() {
 impl YoukiRuntime {
     /// A backend keeping container state under `root` (created if missing), capturing stdio.
     pub fn new(root: impl Into<PathBuf>) -> Self {
+        let root = root.into();
+        // libcontainer records absolute paths; a relative root is taken from the current dir.
+        let root = std::path::absolute(&root).unwrap_or(root);
         YoukiRuntime {
-            root: root.into(),
+            root,
             stdio: StdioMode::Capture,
             timeout: CONTAINER_START_TIMEOUT,
             exits: Arc::new(Mutex::new(HashMap::new())),
