@@ -293,7 +293,7 @@ impl RuntimeRegistry {
                 }
             }
         }
-        let _ = &options;
+        let _ = &options; // only the Linux (youki) backend uses the state root
         Ok(reg)
     }
 
