@@ -291,8 +291,8 @@ async fn denials_explain_themselves_and_are_audited() {
          "        await self.http.get(\"https://example.com/\")\n        return {\"greeting\": \"x\"}", "E2001", "http:egress"),
         ("OtherHost", "capabilities:\n  - http:egress: { allow: [api.example.com] }\n",
          "        await self.http.get(\"https://evil.example.net/\")\n        return {\"greeting\": \"x\"}", "E2002", ""),
-        ("Metadata", "capabilities:\n  - http:egress: { allow: [\"http://169.254.169.254\"] }\n",
-         "        await self.http.get(\"http://169.254.169.254/latest/meta-data/\")\n        return {\"greeting\": \"x\"}", "E2008", ""),
+        ("Loopback", "capabilities:\n  - http:egress: { allow: [\"http://localhost\"] }\n",
+         "        await self.http.get(\"http://localhost/admin\")\n        return {\"greeting\": \"x\"}", "E2008", ""),
         ("Injection", "capabilities:\n  - db:read: { tables: [example_items] }\n",
          "        await self.db.query(\"example_items\", order_by=\"qty; DROP TABLE example_items\")\n        return {\"greeting\": \"x\"}", "E5001", ""),
     ];
@@ -326,7 +326,7 @@ async fn denials_explain_themselves_and_are_audited() {
             );
         }
     }
-    // The metadata address was never allowed, even though the allow entry named it.
+    // localhost is allowlisted by name, but it resolves to loopback: refused at resolution.
     let tail = cli_ok(&server, &["audit", "tail", "--last", "500"]);
     assert!(tail.contains("capability_violation"), "{tail}");
     for name in [
@@ -335,7 +335,7 @@ async fn denials_explain_themselves_and_are_audited() {
         "WrongQueue",
         "WrongPrefix",
         "OtherHost",
-        "Metadata",
+        "Loopback",
     ] {
         assert!(
             tail.contains(&format!("\"controller\":\"{name}\"")),
