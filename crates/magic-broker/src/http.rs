@@ -89,7 +89,13 @@ fn egress_error(e: EgressError, host: &str, grant: &EgressGrant) -> BrokerError 
     let code = e.code();
     let message = e.to_string();
     match e {
-        EgressError::NotAllowed { .. } | EgressError::InvalidUrl(_) => {
+        // A URL that cannot be fetched at all: no allow entry would help, so none is suggested.
+        EgressError::InvalidUrl(_) => BrokerError {
+            code,
+            message,
+            details: Some(serde_json::json!({ "capability": CAP, "target": host })),
+        },
+        EgressError::NotAllowed { .. } => {
             let mut allow: Vec<String> = grant.allow.clone();
             allow.push(host.to_string());
             let list: Vec<String> = allow.iter().map(|s| yaml_scalar(s)).collect();
