@@ -71,6 +71,9 @@ enum Command {
     Deploy {
         /// The controller folder.
         dir: PathBuf,
+        /// Also execute the controller once per message of this queue (see `magic trigger`).
+        #[arg(long)]
+        trigger_queue: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -129,6 +132,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Execute a controller once per message of a queue (at-least-once, retried, dead-lettered).
+    Trigger {
+        #[command(subcommand)]
+        command: TriggerCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Verify, tail or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -178,6 +188,25 @@ enum SecretsCommand {
         /// Secret name.
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TriggerCommand {
+    /// Make CONTROLLER consume QUEUE (its contract must declare queue:subscribe for it).
+    Set {
+        /// Controller name.
+        controller: String,
+        /// Queue name.
+        #[arg(long)]
+        queue: String,
+    },
+    /// Stop CONTROLLER consuming its queue.
+    Remove {
+        /// Controller name.
+        controller: String,
+    },
+    /// List triggers.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,7 +306,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("created {} — try: magic validate {0}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Deploy { dir, remote } => {
+        Command::Deploy {
+            dir,
+            trigger_queue,
+            remote,
+        } => {
             let files = magic_contract::read_package_dir(&dir).map_err(|e| {
                 anyhow!(
                     "{} cannot be deployed: {}",
@@ -285,7 +318,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     e.to_string().replace('\n', "; ")
                 )
             })?;
-            let outcome = Client::new(&remote)?.deploy(&files).await?;
+            let client = Client::new(&remote)?;
+            let outcome = client.deploy(&files).await?;
             let verb = if outcome["result"] == "unchanged" {
                 "already deployed"
             } else {
@@ -297,6 +331,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 outcome["version"].as_str().unwrap_or_default(),
                 outcome["digest"].as_str().unwrap_or_default()
             );
+            if let Some(queue) = trigger_queue {
+                let name = outcome["name"].as_str().unwrap_or_default().to_string();
+                set_trigger(&client, &name, &queue).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::List { remote, json } => {
@@ -353,6 +391,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command, remote } => audit(command, &remote).await,
         Command::Secrets { command, remote } => secrets(command, &remote).await,
         Command::Rawsql { command, remote } => rawsql(command, &remote).await,
+        Command::Trigger { command, remote } => {
+            let client = Client::new(&remote)?;
+            match command {
+                TriggerCommand::Set { controller, queue } => {
+                    set_trigger(&client, &controller, &queue).await?
+                }
+                TriggerCommand::Remove { controller } => {
+                    client
+                        .send_empty(
+                            reqwest::Method::DELETE,
+                            &format!("/api/admin/triggers/{}", client::segment(&controller)),
+                            None,
+                        )
+                        .await?;
+                    println!("{controller} no longer consumes its queue");
+                }
+                TriggerCommand::List => {
+                    for t in client
+                        .get("/api/admin/triggers")
+                        .await?
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                    {
+                        println!(
+                            "{:<32} <- {:<32} set {} by {}",
+                            t["controller"].as_str().unwrap_or_default(),
+                            t["queue"].as_str().unwrap_or_default(),
+                            t["created_at"].as_str().unwrap_or_default(),
+                            t["created_by"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Execute {
             name,
             input,
@@ -369,6 +443,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn set_trigger(client: &Client, controller: &str, queue: &str) -> anyhow::Result<()> {
+    client
+        .send_empty(
+            reqwest::Method::PUT,
+            &format!("/api/admin/triggers/{}", client::segment(controller)),
+            Some(serde_json::json!({ "queue": queue })),
+        )
+        .await?;
+    println!("{controller} now executes once per message of queue {queue}");
+    Ok(())
 }
 
 async fn secrets(command: SecretsCommand, remote: &Remote) -> anyhow::Result<ExitCode> {

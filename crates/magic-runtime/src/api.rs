@@ -52,6 +52,11 @@ pub fn router(rt: Arc<Runtime>) -> Router {
             "/api/admin/rawsql/{controller}",
             axum::routing::put(approve_rawsql).delete(revoke_rawsql),
         )
+        .route("/api/admin/triggers", get(list_triggers))
+        .route(
+            "/api/admin/triggers/{controller}",
+            axum::routing::put(set_trigger).delete(remove_trigger),
+        )
         .route("/api/admin/audit/verify", get(audit_verify))
         .route("/api/admin/audit/records", get(audit_records))
         .route("/api/openapi.json", get(openapi))
@@ -270,7 +275,9 @@ async fn execute(
 }
 
 impl Runtime {
-    async fn execute(
+    /// Execute `controller` with the input in `body`: the one path HTTP requests and queue
+    /// triggers share (limits, schema checks, worker, audit, metrics, log line).
+    pub(crate) async fn execute(
         &self,
         request_id: &str,
         controller: &str,
@@ -989,6 +996,104 @@ async fn list_rawsql(
         .map_err(|e| admin_failure(&rid, e))
 }
 
+/// Body of a trigger.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct TriggerRequest {
+    /// Queue whose messages execute the controller (its contract must subscribe to it).
+    pub queue: String,
+}
+
+/// Execute `controller` once per message of a queue (at-least-once, retries, dead letters).
+#[utoipa::path(put, path = "/api/admin/triggers/{controller}", tag = "admin",
+    params(("controller" = String, Path, description = "Controller name")), request_body = TriggerRequest,
+    responses((status = 200, body = crate::triggers::Trigger),
+              (status = 403, description = "E2005: the contract does not subscribe to the queue", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn set_trigger(
+    State(rt): State<Arc<Runtime>>,
+    Path(controller): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<crate::triggers::Trigger>, Failure> {
+    require_admin(&identity, &rid)?;
+    let bytes = read_body(body, &headers, 64 * 1024)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    let req: TriggerRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::InputInvalid,
+                format!("expected {{\"queue\": \"name\"}}: {e}"),
+            ),
+        )
+    })?;
+    let trigger = rt
+        .triggers
+        .set(&rt, &controller, &req.queue, &identity.name)
+        .await
+        .map_err(|e| fail(&rid, e))?;
+    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
+    event.controller = Some(controller.clone());
+    event.target = Some(req.queue.clone());
+    event.outcome = Some("ok".into());
+    event.details = serde_json::json!({ "action": "trigger_set" });
+    rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+    Ok(Json(trigger))
+}
+
+/// Stop a controller consuming its queue.
+#[utoipa::path(delete, path = "/api/admin/triggers/{controller}", tag = "admin",
+    params(("controller" = String, Path, description = "Controller name")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No trigger", body = crate::error::Envelope)),
+    security(("api_key" = [])))]
+async fn remove_trigger(
+    State(rt): State<Arc<Runtime>>,
+    Path(controller): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<StatusCode, Failure> {
+    require_admin(&identity, &rid)?;
+    if !rt
+        .triggers
+        .remove(&controller)
+        .await
+        .map_err(|e| fail(&rid, e))?
+    {
+        return Err(fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::ControllerNotFound,
+                format!("{controller} has no trigger"),
+            ),
+        ));
+    }
+    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
+    event.controller = Some(controller);
+    event.outcome = Some("ok".into());
+    event.details = serde_json::json!({ "action": "trigger_remove" });
+    rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every queue trigger.
+#[utoipa::path(get, path = "/api/admin/triggers", tag = "admin",
+    responses((status = 200, body = Vec<crate::triggers::Trigger>)), security(("api_key" = [])))]
+async fn list_triggers(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<crate::triggers::Trigger>>, Failure> {
+    require_admin(&identity, &rid)?;
+    rt.triggers
+        .list()
+        .await
+        .map(Json)
+        .map_err(|e| fail(&rid, e))
+}
+
 async fn not_found(Extension(rid): Extension<RequestId>, req: Request) -> Failure {
     fail(
         &rid,
@@ -1017,9 +1122,11 @@ impl utoipa::Modify for ApiKeyScheme {
 #[openapi(
     info(title = "Magic Runtime", description = "Execute contract-bound controllers; deploy, inspect and roll them back."),
     paths(execute, health, readyz, metrics, openapi, deploy, list_controllers, controller_status, rollback, export_package,
-          audit_verify, audit_records, set_secret, delete_secret, list_secrets, approve_rawsql, revoke_rawsql, list_rawsql),
+          audit_verify, audit_records, set_secret, delete_secret, list_secrets, approve_rawsql, revoke_rawsql, list_rawsql,
+          set_trigger, remove_trigger, list_triggers),
     components(schemas(ExecuteResponse, ExecuteMetrics, PackageFiles, RollbackRequest, RollbackResponse,
-                       DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo, AuditVerifyResponse, SecretValue)),
+                       DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo, AuditVerifyResponse, SecretValue,
+                       TriggerRequest, crate::triggers::Trigger)),
     modifiers(&ApiKeyScheme),
     tags((name = "execute"), (name = "admin"), (name = "audit"), (name = "operations"))
 )]
@@ -1066,6 +1173,8 @@ mod tests {
             "/api/admin/secrets/{controller}/{name}",
             "/api/admin/rawsql",
             "/api/admin/rawsql/{controller}",
+            "/api/admin/triggers",
+            "/api/admin/triggers/{controller}",
         ] {
             assert!(paths.contains_key(p), "missing {p}");
         }

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod registry;
 mod spawn;
+pub mod triggers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,8 @@ pub struct Runtime {
     pub audit: Arc<dyn AuditSink>,
     /// The audit chain itself (verify, read, shutdown).
     pub audit_chain: AuditChain,
+    /// Queue triggers and their consumers.
+    pub triggers: triggers::Triggers,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
 }
@@ -155,6 +158,7 @@ impl Runtime {
         let registry = Registry::open(store.clone(), &config.data_dir, config.max_concurrent)
             .await
             .map_err(StartError::Registry)?;
+        let triggers = triggers::Triggers::open(store.clone()).await?;
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
@@ -180,6 +184,7 @@ impl Runtime {
             broker,
             audit,
             audit_chain,
+            triggers,
             admin_key_file,
         }))
     }
@@ -212,6 +217,7 @@ impl Runtime {
         for (component, latest) in [
             ("registry", registry::MIGRATIONS.len() as i64),
             ("auth", auth::MIGRATIONS.len() as i64),
+            ("triggers", triggers::MIGRATIONS.len() as i64),
         ] {
             if !matches!(self.store.is_migrated(component, latest).await, Ok(true)) {
                 migrated = false;
@@ -262,12 +268,18 @@ pub async fn serve(
         addr: listen,
         source,
     })?;
+    runtime
+        .triggers
+        .start_all(&runtime)
+        .await
+        .map_err(StartError::Registry)?;
     on_listening(addr, &runtime);
     let app = api::router(runtime.clone());
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| StartError::Listen { addr, source });
+    runtime.triggers.stop_all();
     // Every answered request's records are committed; seal the tail with a final checkpoint.
     if let Err(e) = runtime.audit_chain.shutdown().await {
         tracing::error!(error = %e, "audit log shutdown failed");
