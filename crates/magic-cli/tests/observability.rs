@@ -24,7 +24,10 @@ async fn metrics_pass_promtool_lint() {
             "        self.metrics.counter(\"orders_total\", 2, labels={\"plan\": \"pro\"})\n        self.metrics.gauge(\"queue_depth\", 7)\n        self.metrics.histogram(\"step_seconds\", 0.02)\n        if input.get(\"n\") == 1:\n            raise ValueError(\"boom\")\n        return {\"greeting\": \"ok\"}",
         ),
     );
-    assert!(server.cli(&["deploy", dir.to_str().unwrap()]).status.success());
+    assert!(server
+        .cli(&["deploy", dir.to_str().unwrap()])
+        .status
+        .success());
     for body in ["{}", "{\"n\": 1}", "{\"n\": \"bad\"}"] {
         let _ = server.post("/api/execute/Metered", body).await;
     }
@@ -38,7 +41,12 @@ async fn metrics_pass_promtool_lint() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool (Debian package `prometheus`, installed by .ci/run) must be on PATH");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = promtool.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -54,8 +62,15 @@ async fn kill_9_under_load_loses_no_answered_request_from_the_audit_chain() {
     let data = tmp.path().join("data");
     let server = Server::start_in(&data, &[]);
     let dir = tmp.path().join("c");
-    write_controller(&dir, &contract("Busy", "1.0.0", "greeting", ""), &code("Busy", "        return {\"greeting\": \"ok\"}"));
-    assert!(server.cli(&["deploy", dir.to_str().unwrap()]).status.success());
+    write_controller(
+        &dir,
+        &contract("Busy", "1.0.0", "greeting", ""),
+        &code("Busy", "        return {\"greeting\": \"ok\"}"),
+    );
+    assert!(server
+        .cli(&["deploy", dir.to_str().unwrap()])
+        .status
+        .success());
 
     let answered = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop_at = Instant::now() + Duration::from_millis(2500);
@@ -93,12 +108,20 @@ async fn kill_9_under_load_loses_no_answered_request_from_the_audit_chain() {
         let _ = t.await;
     }
     let answered = answered.lock().unwrap().clone();
-    assert!(answered.len() >= 5, "too little load before the kill: {}", answered.len());
+    assert!(
+        answered.len() >= 5,
+        "too little load before the kill: {}",
+        answered.len()
+    );
     drop(server);
 
     let server = Server::start_in(&data, &[]);
     let out = server.cli(&["audit", "verify"]);
-    assert!(out.status.success(), "chain broken after kill -9: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chain broken after kill -9: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let export = server.cli(&["audit", "export"]);
     assert!(export.status.success());
     let completed: HashSet<String> = String::from_utf8_lossy(&export.stdout)
@@ -107,6 +130,13 @@ async fn kill_9_under_load_loses_no_answered_request_from_the_audit_chain() {
         .filter(|r| r["event"] == "execution_complete")
         .filter_map(|r| r["request_id"].as_str().map(str::to_string))
         .collect();
-    let missing: Vec<&String> = answered.iter().filter(|id| !completed.contains(*id)).collect();
-    assert!(missing.is_empty(), "{} answered requests have no execution_complete record: {missing:?}", missing.len());
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|id| !completed.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered requests have no execution_complete record: {missing:?}",
+        missing.len()
+    );
 }

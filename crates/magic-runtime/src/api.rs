@@ -199,6 +199,49 @@ async fn read_body(
     }
 }
 
+/// Read a small JSON admin body; `expected` shows the caller the shape on a mismatch.
+async fn admin_body<T: serde::de::DeserializeOwned>(
+    rid: &RequestId,
+    headers: &HeaderMap,
+    body: Body,
+    expected: &str,
+) -> Result<T, Failure> {
+    let bytes = read_body(body, headers, 64 * 1024)
+        .await
+        .map_err(|e| fail(rid, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        fail(
+            rid,
+            ApiError::new(ErrorCode::InputInvalid, format!("expected {expected}: {e}")),
+        )
+    })
+}
+
+/// Audit an admin action by `identity` (answered only once the record is committed).
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one flat call per admin handler reads better than a builder"
+)]
+async fn audit_admin(
+    rt: &Runtime,
+    rid: &RequestId,
+    identity: &Identity,
+    action: &str,
+    controller: &str,
+    version: Option<&str>,
+    target: Option<String>,
+    mut details: serde_json::Value,
+) -> Result<(), Failure> {
+    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
+    event.controller = Some(controller.to_string());
+    event.version = version.map(str::to_string);
+    event.target = target;
+    event.outcome = Some("ok".into());
+    details["action"] = action.into();
+    event.details = details;
+    rt.audit(event).await.map_err(|e| fail(rid, e))
+}
+
 /// `?version=` of execute.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ExecuteQuery {
@@ -583,15 +626,17 @@ async fn deploy(
         .await
         .map_err(|e| fail(&rid, e))?;
     if outcome.result == "deployed" {
-        let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
-        event.controller = Some(outcome.name.clone());
-        event.version = Some(outcome.version.clone());
-        event.target = Some(format!("{}@{}", outcome.name, outcome.version));
-        event.outcome = Some("ok".into());
-        event.details = serde_json::json!({
-            "action": "deploy", "digest": outcome.digest, "previous_version": outcome.previous_version
-        });
-        rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+        audit_admin(
+            &rt,
+            &rid,
+            &identity,
+            "deploy",
+            &outcome.name,
+            Some(&outcome.version),
+            Some(format!("{}@{}", outcome.name, outcome.version)),
+            serde_json::json!({ "digest": outcome.digest, "previous_version": outcome.previous_version }),
+        )
+        .await?;
         tracing::info!(request_id = %rid.0, event = "controller_deployed", controller = %outcome.name, version = %outcome.version, actor = %identity.name);
     }
     let status = if outcome.result == "deployed" {
@@ -665,31 +710,24 @@ async fn rollback(
     body: Body,
 ) -> Result<Json<RollbackResponse>, Failure> {
     require_admin(&identity, &rid)?;
-    let bytes = read_body(body, &headers, 64 * 1024)
-        .await
-        .map_err(|e| fail(&rid, e))?;
-    let req: RollbackRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        fail(
-            &rid,
-            ApiError::new(
-                ErrorCode::InputInvalid,
-                format!("expected {{\"version\": \"X.Y.Z\"}}: {e}"),
-            ),
-        )
-    })?;
+    let req: RollbackRequest = admin_body(&rid, &headers, body, "{\"version\": \"X.Y.Z\"}").await?;
     let version = parse_version(&req.version).map_err(|e| fail(&rid, e))?;
     let (previous, active) = rt
         .registry
         .rollback(&name, &version, &identity.name)
         .await
         .map_err(|e| fail(&rid, e))?;
-    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
-    event.controller = Some(name.clone());
-    event.version = Some(active.clone());
-    event.target = Some(format!("{name}@{active}"));
-    event.outcome = Some("ok".into());
-    event.details = serde_json::json!({ "action": "rollback", "previous_version": previous });
-    rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+    audit_admin(
+        &rt,
+        &rid,
+        &identity,
+        "rollback",
+        &name,
+        Some(&active),
+        Some(format!("{name}@{active}")),
+        serde_json::json!({ "previous_version": previous }),
+    )
+    .await?;
     tracing::info!(request_id = %rid.0, event = "controller_rolled_back", controller = %name, from = %previous, to = %active, actor = %identity.name);
     Ok(Json(RollbackResponse {
         name,
@@ -866,15 +904,7 @@ async fn set_secret(
     body: Body,
 ) -> Result<StatusCode, Failure> {
     require_admin(&identity, &rid)?;
-    let bytes = read_body(body, &headers, 64 * 1024)
-        .await
-        .map_err(|e| fail(&rid, e))?;
-    let value: SecretValue = serde_json::from_slice(&bytes).map_err(|_| {
-        fail(
-            &rid,
-            ApiError::new(ErrorCode::InputInvalid, "expected {\"value\": \"...\"}"),
-        )
-    })?;
+    let value: SecretValue = admin_body(&rid, &headers, body, "{\"value\": \"...\"}").await?;
     rt.broker
         .set_secret(&identity.name, &controller, &name, &value.value)
         .await
@@ -1018,29 +1048,23 @@ async fn set_trigger(
     body: Body,
 ) -> Result<Json<crate::triggers::Trigger>, Failure> {
     require_admin(&identity, &rid)?;
-    let bytes = read_body(body, &headers, 64 * 1024)
-        .await
-        .map_err(|e| fail(&rid, e))?;
-    let req: TriggerRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        fail(
-            &rid,
-            ApiError::new(
-                ErrorCode::InputInvalid,
-                format!("expected {{\"queue\": \"name\"}}: {e}"),
-            ),
-        )
-    })?;
+    let req: TriggerRequest = admin_body(&rid, &headers, body, "{\"queue\": \"name\"}").await?;
     let trigger = rt
         .triggers
         .set(&rt, &controller, &req.queue, &identity.name)
         .await
         .map_err(|e| fail(&rid, e))?;
-    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
-    event.controller = Some(controller.clone());
-    event.target = Some(req.queue.clone());
-    event.outcome = Some("ok".into());
-    event.details = serde_json::json!({ "action": "trigger_set" });
-    rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+    audit_admin(
+        &rt,
+        &rid,
+        &identity,
+        "trigger_set",
+        &controller,
+        None,
+        Some(req.queue.clone()),
+        serde_json::json!({}),
+    )
+    .await?;
     Ok(Json(trigger))
 }
 
@@ -1070,11 +1094,17 @@ async fn remove_trigger(
             ),
         ));
     }
-    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
-    event.controller = Some(controller);
-    event.outcome = Some("ok".into());
-    event.details = serde_json::json!({ "action": "trigger_remove" });
-    rt.audit(event).await.map_err(|e| fail(&rid, e))?;
+    audit_admin(
+        &rt,
+        &rid,
+        &identity,
+        "trigger_remove",
+        &controller,
+        None,
+        None,
+        serde_json::json!({}),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
