@@ -386,3 +386,97 @@ async fn a_tampered_audit_chain_is_named_by_magic_audit_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken at record 3"), "{err}");
 }
+
+/// A TCP proxy to `upstream` that the test can cut and restore (a backing service going away).
+struct Outage {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Outage {
+    async fn start(upstream: &'static str) -> Outage {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (d, l) = (down.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if d.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().unwrap().push(link);
+            }
+        });
+        Outage { port, down, links }
+    }
+
+    fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_going_away_answers_e5003_turns_readyz_red_and_recovers_without_restart() {
+    let proxy = Outage::start("127.0.0.1:6379").await;
+    let redis_url = format!("redis://127.0.0.1:{}", proxy.port);
+    let prefix = format!("outage{}:", uuid::Uuid::new_v4().simple());
+    let server = Server::start(&[
+        ("REDIS_URL", redis_url.as_str()),
+        ("MAGIC_REDIS_PREFIX", prefix.as_str()),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("c");
+    write_controller(
+        &dir,
+        &contract("Cached", "1.0.0", "greeting", "capabilities:\n  - cache:read: { prefix: \"c:\" }\n  - cache:write: { prefix: \"c:\", max_ttl: 1m }\n"),
+        &code("Cached", "        await self.cache.set(\"c:k\", \"v\")\n        return {\"greeting\": await self.cache.get(\"c:k\")}"),
+    );
+    cli_ok(&server, &["deploy", dir.to_str().unwrap()]);
+    let (status, _, body) = server.post("/api/execute/Cached", "{}").await;
+    assert_eq!(
+        (status, body["output"]["greeting"].as_str()),
+        (200, Some("v")),
+        "{body}"
+    );
+
+    proxy.cut();
+    let (status, _, body) = server.post("/api/execute/Cached", "{}").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("E5003")),
+        "{body}"
+    );
+    let (status, ready) = server.get("/api/readyz", None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("\"redis\":\"unreachable\""), "{ready}");
+    let (status, _) = server.get("/api/health", None).await;
+    assert_eq!(status, 200, "liveness does not depend on Redis");
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, _, body) = server.post("/api/execute/Cached", "{}").await;
+        if status == 200 {
+            assert_eq!(body["output"]["greeting"], "v");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recovery: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (status, _) = server.get("/api/readyz", None).await;
+    assert_eq!(status, 200);
+}
