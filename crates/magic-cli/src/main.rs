@@ -236,14 +236,14 @@ enum AuditCommand {
         #[arg(long, default_value_t = 20)]
         last: u64,
     },
-    /// Print records FROM..=TO (by seq) as JSON lines.
+    /// Print records FROM..=TO as JSON lines (each end a seq or an RFC 3339 time).
     Export {
-        /// First seq.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
-        /// Last seq (default: the newest).
+        /// First record: seq or time (default: the first).
         #[arg(long)]
-        to: Option<u64>,
+        from: Option<String>,
+        /// Last record: seq or time (default: the newest).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -603,11 +603,18 @@ async fn audit(command: AuditCommand, remote: &Remote) -> anyhow::Result<ExitCod
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Export { from, to } => {
-            let mut next = from;
+            for (name, v) in [("--from", &from), ("--to", &to)] {
+                if let Some(v) = v {
+                    if magic_runtime::api::parse_position(v).is_none() {
+                        bail!("{name} {v:?} is neither a record seq nor an RFC 3339 time");
+                    }
+                }
+            }
+            let mut next = from.unwrap_or_else(|| "1".into());
             loop {
-                let mut path = format!("/api/admin/audit/records?from={next}");
-                if let Some(to) = to {
-                    path.push_str(&format!("&to={to}"));
+                let mut path = format!("/api/admin/audit/records?from={}", client::segment(&next));
+                if let Some(to) = &to {
+                    path.push_str(&format!("&to={}", client::segment(to)));
                 }
                 let page = client
                     .get(&path)
@@ -621,12 +628,11 @@ async fn audit(command: AuditCommand, remote: &Remote) -> anyhow::Result<ExitCod
                 for record in &page {
                     println!("{record}");
                 }
-                if page.len() < magic_runtime::api::MAX_AUDIT_PAGE
-                    || to.is_some_and(|t| last_seq >= t)
-                {
+                // A short page ends the range; a full one continues after its last seq.
+                if page.len() < magic_runtime::api::MAX_AUDIT_PAGE {
                     break;
                 }
-                next = last_seq + 1;
+                next = (last_seq + 1).to_string();
             }
             Ok(ExitCode::SUCCESS)
         }

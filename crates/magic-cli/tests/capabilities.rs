@@ -366,6 +366,23 @@ async fn a_tampered_audit_chain_is_named_by_magic_audit_verify() {
         assert_eq!(status, 200);
     }
     assert!(cli_ok(&server, &["audit", "verify"]).contains("intact"));
+    let range = cli_ok(&server, &["audit", "export", "--from", "2", "--to", "3"]);
+    let seqs: Vec<u64> = range
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    let since = cli_ok(
+        &server,
+        &["audit", "export", "--from", "2000-01-01T00:00:00Z"],
+    );
+    assert!(since.lines().count() >= 7, "{since}");
+    let out = server.cli(&["audit", "export", "--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(1));
     server.stop();
 
     // Edit one record's outcome behind the runtime's back.

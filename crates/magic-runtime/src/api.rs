@@ -815,12 +815,22 @@ async fn audit_verify(
 /// Which audit records to read.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
-    /// First seq (inclusive).
-    pub from: Option<u64>,
-    /// Last seq (inclusive).
-    pub to: Option<u64>,
+    /// First record (inclusive): a seq, or an RFC 3339 time.
+    pub from: Option<String>,
+    /// Last record (inclusive): a seq, or an RFC 3339 time.
+    pub to: Option<String>,
     /// The newest N records (instead of from/to).
     pub last: Option<u64>,
+}
+
+/// A record position as users write it: a seq (`42`) or an RFC 3339 time.
+pub fn parse_position(v: &str) -> Option<magic_audit::Position> {
+    if let Ok(seq) = v.parse::<u64>() {
+        return Some(magic_audit::Position::Seq(seq));
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|t| magic_audit::Position::Time(t.with_timezone(&chrono::Utc)))
 }
 
 /// Most records one request returns; page with `from`.
@@ -839,11 +849,25 @@ async fn audit_records(
     use futures::StreamExt as _;
     use magic_audit::{Position, ReadRange};
     require_admin(&identity, &rid)?;
+    let position = |v: Option<&str>, which: &str| -> Result<Option<Position>, Failure> {
+        v.map(|v| {
+            parse_position(v).ok_or_else(|| {
+                fail(
+                    &rid,
+                    ApiError::new(
+                        ErrorCode::InputInvalid,
+                        format!("{which}={v:?} is neither a record seq nor an RFC 3339 time"),
+                    ),
+                )
+            })
+        })
+        .transpose()
+    };
     let range = match q.last {
         Some(n) => ReadRange::last(n.max(1)),
         None => ReadRange {
-            from: q.from.map(Position::Seq),
-            to: q.to.map(Position::Seq),
+            from: position(q.from.as_deref(), "from")?,
+            to: position(q.to.as_deref(), "to")?,
         },
     };
     let mut stream = rt.audit_chain.read(range);
@@ -1181,6 +1205,23 @@ mod tests {
         }
         let long = "a".repeat(129);
         assert_ne!(accept_request_id(Some(&long)), long);
+    }
+
+    #[test]
+    fn audit_positions_are_seqs_or_times() {
+        use magic_audit::Position;
+        assert_eq!(parse_position("42"), Some(Position::Seq(42)));
+        assert!(matches!(
+            parse_position("2026-11-22T00:00:00Z"),
+            Some(Position::Time(_))
+        ));
+        assert!(matches!(
+            parse_position("2026-11-22T01:00:00+01:00"),
+            Some(Position::Time(_))
+        ));
+        for bad in ["", "-1", "yesterday", "2026-11-22", "1e3"] {
+            assert_eq!(parse_position(bad), None, "{bad}");
+        }
     }
 
     #[test]
