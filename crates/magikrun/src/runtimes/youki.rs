@@ -493,6 +493,82 @@ impl OciRuntime for YoukiRuntime {
     }
 }
 
+/// Root only, cgroup v1: creates the directory `magikrun-<uid>` under every mounted v1 controller
+/// (each hierarchy once) and gives it to `uid:gid`, so that user's rootless containers can create
+/// their cgroups inside it (see [`crate::builder::make_rootless`]). The cpuset directory gets
+/// its parent's `cpuset.cpus`/`cpuset.mems`. Idempotent. Returns the directories.
+pub fn delegate_cgroups_v1(uid: u32, gid: u32) -> Result<Vec<PathBuf>> {
+    let name = crate::platform::delegated_cgroup_name(uid);
+    let mut out = Vec::new();
+    for hierarchy in v1_hierarchies() {
+        let dir = hierarchy.join(&name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let parent = hierarchy.join(f);
+            let own = dir.join(f);
+            if parent.exists() {
+                let have = std::fs::read_to_string(&own).map_err(|e| Error::io(&own, e))?;
+                if have.trim().is_empty() {
+                    let v = std::fs::read_to_string(&parent).map_err(|e| Error::io(&parent, e))?;
+                    std::fs::write(&own, v.trim()).map_err(|e| Error::io(&own, e))?;
+                }
+            }
+        }
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| Error::io(&dir, e.into()))?;
+        out.push(dir);
+    }
+    if out.is_empty() {
+        return Err(backend(
+            "no cgroup v1 controller is mounted under /sys/fs/cgroup",
+        ));
+    }
+    Ok(out)
+}
+
+/// Root only: removes the directories [`delegate_cgroups_v1`] made for `uid` (they must hold no
+/// container cgroups any more). Missing ones are fine.
+pub fn remove_delegated_cgroups_v1(uid: u32) -> Result<()> {
+    let name = crate::platform::delegated_cgroup_name(uid);
+    for hierarchy in v1_hierarchies() {
+        let dir = hierarchy.join(&name);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The mounted cgroup v1 hierarchies (a combined mount such as `cpu,cpuacct` once).
+fn v1_hierarchies() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for c in crate::platform::V1_CONTROLLERS {
+        let mount = Path::new("/sys/fs/cgroup").join(c);
+        let is_v1 = nix::sys::statfs::statfs(&mount)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC)
+            .unwrap_or(false);
+        if !is_v1 {
+            continue;
+        }
+        if let Ok(real) = std::fs::canonicalize(&mount) {
+            if !out.contains(&real) {
+                out.push(real);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
