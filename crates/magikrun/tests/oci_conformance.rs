@@ -313,3 +313,135 @@ async fn oci_cli_lifecycle_and_error_cases() {
         .flatten()
         .all(|e| e.file_name().to_string_lossy().starts_with('.')));
 }
+
+const RUNTIME_TOOLS: &str = "/usr/share/gocode/src/github.com/opencontainers/runtime-tools";
+const SPEC_SCHEMAS: &str = "/usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema";
+
+/// Builds `tests/oci-validate` (runtime-tools' `validate` package from Debian, GOPATH mode).
+fn build_validator(dir: &Path) -> Option<PathBuf> {
+    if !Path::new(RUNTIME_TOOLS).exists() || !Path::new(SPEC_SCHEMAS).exists() {
+        eprintln!(
+            "skipped: needs golang-go and golang-github-opencontainers-runtime-tools-dev (Debian)"
+        );
+        return None;
+    }
+    let bin = dir.join("oci-validate");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("main.go")
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oci-validate"))
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", dir.join("gocache"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(bin),
+        Ok(o) => panic!("oci-validate build: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("skipped: no go toolchain ({e})");
+            None
+        }
+    }
+}
+
+fn validate(bin: &Path, mode: &str, path: &Path) -> (bool, String) {
+    let out = Command::new(bin)
+        .arg(mode)
+        .arg(path)
+        .arg(SPEC_SCHEMAS)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// runtime-tools' bundle validation (`validate.Validator`: root, mandatory fields, SemVer,
+/// mounts, process, capabilities, rlimits, linux namespaces/devices/seccomp/paths, hooks) and
+/// the runtime-spec config schema, on the hardened and the rootless `config.json`; and the
+/// state schema on `magikrun state` output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_tools_validate_bundles_and_state() {
+    if !Path::new(common::BUSYBOX).exists() {
+        eprintln!("skipped: needs busybox-static");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let Some(bin) = build_validator(t) else {
+        return;
+    };
+    for (name, rootless) in [("hardened", false), ("rootless", true)] {
+        let layout = common::busybox_layout(&t.join(format!("{name}-layout")), &["true"]);
+        let store = magikrun::BlobStore::with_root(t.join("blobs")).unwrap();
+        let image = magikrun::pull_image(&format!("oci:{}:busybox", layout.display()), &store)
+            .await
+            .unwrap();
+        let dir = t.join(name);
+        magikrun::BundleBuilder::new()
+            .unwrap()
+            .image(&image)
+            .storage(&store)
+            .bundle_dir(&dir)
+            .rootless(rootless)
+            .build()
+            .await
+            .unwrap();
+        let (ok, report) = validate(&bin, "config", &dir);
+        assert!(ok, "{name} bundle: {report}");
+        assert!(report.contains("valid"), "{report}");
+
+        // The validator is not a rubber stamp: a relative cwd, an unknown capability and a
+        // missing ociVersion are each reported.
+        let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let good: Value = serde_json::from_str(&text).unwrap();
+        let mut bad_cases = Vec::new();
+        let mut v = good.clone();
+        v["process"]["cwd"] = "relative".into();
+        bad_cases.push(("relative cwd", v));
+        let mut v = good.clone();
+        v["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_BOGUS"]);
+        bad_cases.push(("unknown capability", v));
+        let mut v = good.clone();
+        v.as_object_mut().unwrap().remove("ociVersion");
+        bad_cases.push(("no ociVersion", v));
+        for (what, v) in bad_cases {
+            std::fs::write(dir.join("config.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+            let (ok, report) = validate(&bin, "config", &dir);
+            assert!(!ok, "{name}: {what} accepted: {report}");
+        }
+        std::fs::write(dir.join("config.json"), text).unwrap();
+    }
+
+    if !common::is_root() {
+        eprintln!("state schema part skipped: needs root");
+        return;
+    }
+    let cli = Cli {
+        root: t.join("state"),
+    };
+    let long = bundle(t, "long", &["sleep", "60"]).await;
+    cli.create("v1", &long, &t.join("v1.out"), None);
+    let mut states = vec![cli.state("v1")];
+    cli.ok(&["start", "v1"]);
+    states.push(cli.wait_for("v1", "running"));
+    cli.ok(&["kill", "v1", "KILL"]);
+    states.push(cli.wait_for("v1", "stopped"));
+    for (i, s) in states.iter().enumerate() {
+        let f = t.join(format!("state{i}.json"));
+        std::fs::write(&f, serde_json::to_vec(s).unwrap()).unwrap();
+        let (ok, report) = validate(&bin, "state", &f);
+        assert!(ok, "state {s}: {report}");
+    }
+    let f = t.join("bad-state.json");
+    std::fs::write(
+        &f,
+        br#"{"ociVersion":"1.0.0","id":"x","status":"exploded","bundle":"/b"}"#,
+    )
+    .unwrap();
+    assert!(!validate(&bin, "state", &f).0, "bad status accepted");
+    cli.ok(&["delete", "v1"]);
+}
