@@ -329,9 +329,11 @@ fn rootless_lifecycle_as_unprivileged_user() {
         .env("HOME", "/tmp")
         .output()
         .unwrap();
-    if v1 {
-        magikrun::runtimes::youki::remove_delegated_cgroups_v1(ROOTLESS_UID).unwrap();
-    }
+    let cleanup = if v1 {
+        magikrun::runtimes::youki::remove_delegated_cgroups_v1(ROOTLESS_UID)
+    } else {
+        Ok(())
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -339,6 +341,7 @@ fn rootless_lifecycle_as_unprivileged_user() {
         "{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
+    cleanup.unwrap();
 }
 
 /// The unprivileged half of [`rootless_lifecycle_as_unprivileged_user`]; does nothing unless
