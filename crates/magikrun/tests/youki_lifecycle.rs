@@ -56,11 +56,22 @@ async fn full_lifecycle_with_hardened_config() {
         return;
     };
     let rt = &f.rt;
+    // A file this process has open for writing (as another thread writing a rootfs would) must
+    // not leak into the container init, which waits for `start` before it execs.
+    let marker = f._tmp.path().join("open-for-writing");
+    let _held = std::fs::File::create(&marker).unwrap();
     rt.create("life", &f.bundle).await.unwrap();
     let st = rt.state("life").await.unwrap();
     assert_eq!(st.status, ContainerStatus::Created);
     let pid = st.pid.expect("created container has a pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let leaked: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t == &marker)
+        .collect();
+    assert!(leaked.is_empty(), "init inherited {leaked:?}");
     // The init process sits in its own cgroup named after the container.
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cg.contains("life"), "{cg}");
@@ -91,9 +102,13 @@ async fn full_lifecycle_with_hardened_config() {
     rt.start("life").await.unwrap();
     let st = rt.wait("life", WAIT).await.unwrap();
     assert_eq!(st.status, ContainerStatus::Stopped);
+    let (log_out, log_err) = rt.log_paths("life");
     assert_eq!(
         st.annotations.get("magikrun.exit_code").map(String::as_str),
-        Some("3")
+        Some("3"),
+        "stdout: {:?}\nstderr: {:?}",
+        std::fs::read_to_string(&log_out).unwrap_or_default(),
+        std::fs::read_to_string(&log_err).unwrap_or_default()
     );
     assert!(st.pid.is_none());
     let v: serde_json::Value = serde_json::from_str(&st.to_json().unwrap()).unwrap();

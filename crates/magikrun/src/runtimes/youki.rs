@@ -233,6 +233,16 @@ impl YoukiRuntime {
                     // group, so a timeout can kill it with everything it started (hooks).
                     unsafe { libc::setpgid(0, 0) };
                 }
+                // Drop every descriptor inherited from the (multi-threaded) caller except
+                // stdio, the answer pipe and the container's stdio: otherwise the container
+                // init, which waits for `start` before it execs, holds them too, e.g. a file
+                // another thread is writing, so that executing that file elsewhere fails
+                // with ETXTBSY.
+                let mut keep = vec![wr.as_raw_fd()];
+                if let Some((i, o, e)) = &stdio {
+                    keep.extend([i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()]);
+                }
+                close_inherited_fds(&keep);
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
                         .with_root_path(root.clone())
@@ -490,6 +500,26 @@ impl OciRuntime for YoukiRuntime {
         let _ = std::fs::remove_file(err);
         lock(&self.exits).remove(id);
         Ok(())
+    }
+}
+
+/// Closes every descriptor above 2 that is not in `keep` (read from `/proc/self/fd`). Used in
+/// the freshly forked helper, which holds copies of all the caller's descriptors.
+fn close_inherited_fds(keep: &[std::os::fd::RawFd]) {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<std::os::fd::RawFd> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closes a descriptor number this single-threaded child inherited; nothing
+            // in the child uses it afterwards (the kept ones are excluded, the directory
+            // iterator is already dropped, so a stale number only yields EBADF).
+            unsafe { libc::close(fd) };
+        }
     }
 }
 
