@@ -174,6 +174,66 @@ pub fn hardened_config(p: &ProcessSpec, hostname: &str) -> Value {
     })
 }
 
+/// The calling user as seen from a rootless container: container uid/gid 0 maps to these host
+/// ids (one id each: no `newuidmap` helper or subordinate ids needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootlessIds {
+    /// Host uid that container uid 0 maps to.
+    pub uid: u32,
+    /// Host gid that container gid 0 maps to.
+    pub gid: u32,
+}
+
+impl RootlessIds {
+    /// The effective uid/gid of this process.
+    pub fn current() -> Self {
+        RootlessIds {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+}
+
+/// Turns a [`hardened_config`] into a rootless one. Pure. Adds a user namespace whose only
+/// mapping is container uid/gid 0 → `ids` (so the process runs as container root, which is the
+/// unprivileged calling user on the host, still with no capabilities and `noNewPrivileges`),
+/// drops `linux.resources` (libcgroups' v1 manager always writes device rules when resources are
+/// applied, which needs `CAP_SYS_ADMIN` on the host; so a rootless container is placed in a
+/// cgroup but gets no cgroup limits, the pids limit included; device nodes cannot be created in
+/// a user namespace anyway: libcontainer bind-mounts the defaults), drops
+/// `uid=`/`gid=` mount options that name unmapped ids, and places the cgroups under
+/// `/magikrun-<uid>/<name>` (the directory `youki::delegate_cgroups_v1` hands to that user on
+/// cgroup v1).
+pub fn make_rootless(config: &mut Value, ids: RootlessIds, name: &str) {
+    config["process"]["user"] = json!({"uid": 0, "gid": 0});
+    let linux = &mut config["linux"];
+    if let Some(ns) = linux["namespaces"].as_array_mut() {
+        if !ns.iter().any(|n| n["type"] == "user") {
+            ns.insert(0, json!({"type": "user"}));
+        }
+    }
+    linux["uidMappings"] = json!([{"containerID": 0, "hostID": ids.uid, "size": 1}]);
+    linux["gidMappings"] = json!([{"containerID": 0, "hostID": ids.gid, "size": 1}]);
+    if let Some(l) = linux.as_object_mut() {
+        l.remove("resources");
+    }
+    linux["cgroupsPath"] = json!(format!(
+        "/{}/{name}",
+        crate::platform::delegated_cgroup_name(ids.uid)
+    ));
+    if let Some(mounts) = config["mounts"].as_array_mut() {
+        for m in mounts {
+            if let Some(opts) = m["options"].as_array_mut() {
+                opts.retain(|o| {
+                    let o = o.as_str().unwrap_or_default();
+                    !(o.starts_with("uid=") && o != "uid=0"
+                        || o.starts_with("gid=") && o != "gid=0")
+                });
+            }
+        }
+    }
+}
+
 /// Which kind of bundle to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BundleKind {
@@ -197,6 +257,7 @@ pub struct BundleBuilder<'a> {
     args: Option<Vec<String>>,
     env: Vec<String>,
     hostname: Option<String>,
+    rootless: Option<bool>,
 }
 
 /// The default directory under which bundles are built: `$MAGIKRUN_HOME/bundles` or
@@ -263,6 +324,13 @@ impl<'a> BundleBuilder<'a> {
         self
     }
 
+    /// Writes a rootless configuration ([`make_rootless`] with [`RootlessIds::current`]) or not.
+    /// Default: rootless exactly when this process is not root.
+    pub fn rootless(mut self, rootless: bool) -> Self {
+        self.rootless = Some(rootless);
+        self
+    }
+
     /// Unpacks the layers and writes the configuration. On error the bundle directory is removed.
     pub async fn build(self) -> Result<Bundle> {
         let image = self
@@ -293,6 +361,9 @@ impl<'a> BundleBuilder<'a> {
             args: self.args,
             env: self.env,
             hostname: self.hostname,
+            rootless: self
+                .rootless
+                .unwrap_or_else(|| !nix::unistd::geteuid().is_root()),
         };
         tokio::task::spawn_blocking(move || {
             let r = build_blocking(&image, &store, &dir, &opts);
@@ -436,6 +507,7 @@ struct BuildOpts {
     args: Option<Vec<String>>,
     env: Vec<String>,
     hostname: Option<String>,
+    rootless: bool,
 }
 
 fn build_blocking(
@@ -522,7 +594,15 @@ fn build_blocking(
         uid,
         gid,
     };
-    let config = hardened_config(&spec, b.hostname.as_deref().unwrap_or("magikrun"));
+    let mut config = hardened_config(&spec, b.hostname.as_deref().unwrap_or("magikrun"));
+    if b.rootless {
+        // The bundle directory's name is unique (a fresh temp dir, or the caller's choice).
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into());
+        make_rootless(&mut config, RootlessIds::current(), &name);
+    }
     let path = dir.join("config.json");
     let text = serde_json::to_vec_pretty(&config)?;
     std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
@@ -573,6 +653,50 @@ mod tests {
             assert!(ns.iter().any(|n| n == want), "{want} in {ns:?}");
         }
         assert_eq!(v["hostname"], "h");
+    }
+
+    #[test]
+    fn rootless_config_maps_the_caller_and_parses() {
+        let mut c = hardened_config(&spec(), "h");
+        c["mounts"][2]["options"]
+            .as_array_mut()
+            .unwrap()
+            .extend([json!("gid=5"), json!("uid=0")]);
+        make_rootless(&mut c, RootlessIds { uid: 1234, gid: 99 }, "b1");
+        let parsed: oci_spec::runtime::Spec = serde_json::from_value(c.clone()).unwrap();
+        let linux = parsed.linux().as_ref().unwrap();
+        let ns = linux.namespaces().as_ref().unwrap();
+        assert_eq!(
+            ns.iter()
+                .filter(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+                .count(),
+            1
+        );
+        let uid = &linux.uid_mappings().as_ref().unwrap()[0];
+        assert_eq!(
+            (uid.container_id(), uid.host_id(), uid.size()),
+            (0, 1234, 1)
+        );
+        let gid = &linux.gid_mappings().as_ref().unwrap()[0];
+        assert_eq!((gid.container_id(), gid.host_id(), gid.size()), (0, 99, 1));
+        let user = parsed.process().as_ref().unwrap().user();
+        assert_eq!((user.uid(), user.gid()), (0, 0));
+        assert!(linux.resources().is_none());
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/magikrun-1234/b1"))
+        );
+        let opts = c["mounts"][2]["options"].as_array().unwrap();
+        assert!(!opts.contains(&json!("gid=5")), "{opts:?}");
+        assert!(opts.contains(&json!("uid=0")), "{opts:?}");
+        // Still hardened: no capabilities, no new privileges, seccomp.
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+        assert_eq!(c["process"]["capabilities"]["bounding"], json!([]));
+        assert!(c["linux"]["seccomp"].is_object());
+        // Idempotent: one user namespace after a second pass.
+        make_rootless(&mut c, RootlessIds { uid: 1234, gid: 99 }, "b1");
+        let n = c["linux"]["namespaces"].as_array().unwrap();
+        assert_eq!(n.iter().filter(|x| x["type"] == "user").count(), 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod bundle;
 pub mod constants;
 pub mod error;
 pub mod extract;
+pub mod fuzzing;
 pub mod image;
 pub mod layout;
 pub mod platform;

@@ -126,6 +126,14 @@ pub struct Platform {
     pub namespaces: Vec<String>,
     /// Whether this process runs with effective uid 0.
     pub is_root: bool,
+    /// Whether an unprivileged process may create user namespaces
+    /// (`/proc/sys/kernel/unprivileged_userns_clone` absent or 1, and
+    /// `/proc/sys/user/max_user_namespaces` above 0; see [`unprivileged_userns_allowed`]).
+    pub unprivileged_userns: bool,
+    /// cgroup v1 only: whether the directories `magikrun-<euid>` exist, writable by this
+    /// process, under every mounted v1 controller in [`V1_CONTROLLERS`] (see
+    /// `youki::delegate_cgroups_v1`). Rootless containers on v1 put their cgroups there.
+    pub delegated_cgroup_v1: bool,
     /// Why a capability is absent, one line per probe that failed.
     pub notes: Vec<String>,
 }
@@ -140,6 +148,8 @@ impl Platform {
             cgroup_mode: CgroupMode::None,
             namespaces: Vec::new(),
             is_root: false,
+            unprivileged_userns: false,
+            delegated_cgroup_v1: false,
             notes: Vec::new(),
         };
         p.capabilities.insert(Capability::WasmRuntime);
@@ -157,6 +167,57 @@ impl Platform {
     pub fn has_capability(&self, cap: Capability) -> bool {
         self.capabilities.contains(&cap)
     }
+}
+
+/// cgroup v1 controllers libcgroups adds a container to when they are mounted (its list).
+pub const V1_CONTROLLERS: [&str; 12] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "hugetlb",
+    "memory",
+    "pids",
+    "perf_event",
+    "blkio",
+    "net_prio",
+    "net_cls",
+    "freezer",
+];
+
+/// Name of the cgroup v1 directory (under each controller) delegated to `uid` for its rootless
+/// containers.
+pub fn delegated_cgroup_name(uid: u32) -> String {
+    format!("magikrun-{uid}")
+}
+
+/// Whether unprivileged user namespaces are allowed, from the contents of
+/// `/proc/sys/kernel/unprivileged_userns_clone` (Debian/Ubuntu patch; `None` when the file does
+/// not exist, which means allowed) and `/proc/sys/user/max_user_namespaces` (`None` when absent:
+/// no limit known). `Err` says why not. Pure.
+pub fn unprivileged_userns_allowed(
+    unprivileged_userns_clone: Option<&str>,
+    max_user_namespaces: Option<&str>,
+) -> std::result::Result<(), String> {
+    if let Some(v) = unprivileged_userns_clone {
+        match v.trim() {
+            "1" => {}
+            "0" => return Err("kernel.unprivileged_userns_clone is 0".into()),
+            other => {
+                return Err(format!(
+                    "kernel.unprivileged_userns_clone has unknown value {other:?}"
+                ))
+            }
+        }
+    }
+    if let Some(v) = max_user_namespaces {
+        match v.trim().parse::<u64>() {
+            Ok(0) => return Err("user.max_user_namespaces is 0".into()),
+            Ok(_) => {}
+            Err(_) => return Err(format!("user.max_user_namespaces is unreadable: {v:?}")),
+        }
+    }
+    Ok(())
 }
 
 /// Lists the entries of a `/proc/<pid>/ns`-like directory, sorted.
@@ -207,6 +268,14 @@ mod linux {
         }
         if p.namespaces.iter().any(|n| n == "user") {
             p.capabilities.insert(Capability::UserNamespaces);
+            let read = |f: &str| std::fs::read_to_string(f).ok();
+            match unprivileged_userns_allowed(
+                read("/proc/sys/kernel/unprivileged_userns_clone").as_deref(),
+                read("/proc/sys/user/max_user_namespaces").as_deref(),
+            ) {
+                Ok(()) => p.unprivileged_userns = true,
+                Err(e) => p.notes.push(format!("unprivileged user namespaces: {e}")),
+            }
         }
 
         let root = fs_kind("/sys/fs/cgroup");
@@ -229,6 +298,19 @@ mod linux {
             CgroupMode::None => p
                 .notes
                 .push("cgroups: no cgroup filesystem at /sys/fs/cgroup".into()),
+        }
+
+        if matches!(p.cgroup_mode, CgroupMode::Legacy | CgroupMode::Hybrid) {
+            let name = delegated_cgroup_name(nix::unistd::geteuid().as_raw());
+            let mounted: Vec<_> = V1_CONTROLLERS
+                .iter()
+                .map(|c| Path::new("/sys/fs/cgroup").join(c))
+                .filter(|d| fs_kind(&d.to_string_lossy()) == FsKind::Cgroup1)
+                .collect();
+            p.delegated_cgroup_v1 = !mounted.is_empty()
+                && mounted.iter().all(|d| {
+                    nix::unistd::access(&d.join(&name), nix::unistd::AccessFlags::W_OK).is_ok()
+                });
         }
 
         match seccomp_supported() {
@@ -301,6 +383,26 @@ mod windows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unprivileged_userns_table() {
+        for (clone, max, ok) in [
+            (None, None, true),
+            (None, Some("96365\n"), true),
+            (Some("1\n"), Some("10"), true),
+            (Some("0\n"), Some("10"), false),
+            (Some("2"), None, false),
+            (None, Some("0\n"), false),
+            (Some("1"), Some("0"), false),
+            (None, Some("lots"), false),
+        ] {
+            assert_eq!(
+                unprivileged_userns_allowed(clone, max).is_ok(),
+                ok,
+                "{clone:?} {max:?}"
+            );
+        }
+    }
 
     #[test]
     fn cgroup_mode_table() {

@@ -346,3 +346,49 @@ async fn lifecycle_errors() {
         Err(Error::InvalidBundle(_))
     ));
 }
+
+#[tokio::test]
+async fn modules_are_compiled_once_per_content() {
+    let d = tempfile::tempdir().unwrap();
+    let rt = WasmtimeRuntime::new().unwrap();
+    let body = r#"(data (i32.const 16) "hi\n") (func (export "_start") (call $write (i32.const 1) (i32.const 16) (i32.const 3)))"#;
+    let m = module(&d, "cached", body);
+    let b = bundle(m.clone(), WasiConfig::default());
+    assert_eq!(rt.compilations(), 0);
+    let (code, out, _, _) = run_to_end(&rt, "c1", &b).await;
+    assert_eq!((code, out.as_str()), (0, "hi\n"));
+    assert_eq!(rt.compilations(), 1);
+    // Second and third create of the same module: no compilation, same behaviour.
+    let (code, out, _, _) = run_to_end(&rt, "c2", &b).await;
+    assert_eq!((code, out.as_str()), (0, "hi\n"));
+    rt.create("c3", &b).await.unwrap();
+    assert_eq!(rt.compilations(), 1);
+    rt.delete("c3").await.unwrap();
+    // Same bytes under another name: still a hit (keyed by content, not path).
+    let copy = d.path().join("copy.wasm");
+    std::fs::copy(&m, &copy).unwrap();
+    run_to_end(&rt, "c4", &bundle(copy, WasiConfig::default())).await;
+    assert_eq!(rt.compilations(), 1);
+    assert_eq!(rt.cached_modules(), 1);
+    // The file replaced in place by another module: compiled again, and the new code runs.
+    let other = module(
+        &d,
+        "cached",
+        r#"(data (i32.const 16) "yo\n") (func (export "_start") (call $write (i32.const 1) (i32.const 16) (i32.const 3)))"#,
+    );
+    let (_, out, _, _) = run_to_end(&rt, "c5", &bundle(other, WasiConfig::default())).await;
+    assert_eq!(out, "yo\n");
+    assert_eq!(rt.compilations(), 2);
+    assert_eq!(rt.cached_modules(), 2);
+    // A module that does not compile is not cached, and each attempt is reported.
+    let bad = d.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\xff").unwrap();
+    for _ in 0..2 {
+        assert!(matches!(
+            rt.create("bad", &bundle(bad.clone(), WasiConfig::default()))
+                .await,
+            Err(Error::Wasm(_))
+        ));
+    }
+    assert_eq!(rt.cached_modules(), 2);
+}

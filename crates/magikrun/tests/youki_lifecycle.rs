@@ -56,11 +56,22 @@ async fn full_lifecycle_with_hardened_config() {
         return;
     };
     let rt = &f.rt;
+    // A file this process has open for writing (as another thread writing a rootfs would) must
+    // not leak into the container init, which waits for `start` before it execs.
+    let marker = f._tmp.path().join("open-for-writing");
+    let _held = std::fs::File::create(&marker).unwrap();
     rt.create("life", &f.bundle).await.unwrap();
     let st = rt.state("life").await.unwrap();
     assert_eq!(st.status, ContainerStatus::Created);
     let pid = st.pid.expect("created container has a pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let leaked: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t == &marker)
+        .collect();
+    assert!(leaked.is_empty(), "init inherited {leaked:?}");
     // The init process sits in its own cgroup named after the container.
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(cg.contains("life"), "{cg}");
@@ -91,9 +102,13 @@ async fn full_lifecycle_with_hardened_config() {
     rt.start("life").await.unwrap();
     let st = rt.wait("life", WAIT).await.unwrap();
     assert_eq!(st.status, ContainerStatus::Stopped);
+    let (log_out, log_err) = rt.log_paths("life");
     assert_eq!(
         st.annotations.get("magikrun.exit_code").map(String::as_str),
-        Some("3")
+        Some("3"),
+        "stdout: {:?}\nstderr: {:?}",
+        std::fs::read_to_string(&log_out).unwrap_or_default(),
+        std::fs::read_to_string(&log_err).unwrap_or_default()
     );
     assert!(st.pid.is_none());
     let v: serde_json::Value = serde_json::from_str(&st.to_json().unwrap()).unwrap();
@@ -287,4 +302,129 @@ async fn parallel_lifecycles_from_a_multithreaded_caller() {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     churn.join().unwrap();
+}
+
+const ROOTLESS_UID: u32 = 65534;
+
+/// Rootless youki: as root, delegate the cgroup v1 directories to uid 65534 (nobody), then run
+/// [`rootless_inner`] from this test binary as that user (`setpriv`, no groups, no
+/// capabilities) and check it passed.
+#[test]
+fn rootless_lifecycle_as_unprivileged_user() {
+    let setpriv = std::path::Path::new("/usr/bin/setpriv");
+    if !common::is_root() || !std::path::Path::new(common::BUSYBOX).exists() || !setpriv.exists() {
+        eprintln!("skipped: needs root (to switch users), busybox-static and setpriv");
+        return;
+    }
+    let platform = magikrun::Platform::detect();
+    let v1 = matches!(
+        platform.cgroup_mode,
+        magikrun::CgroupMode::Legacy | magikrun::CgroupMode::Hybrid
+    );
+    if v1 {
+        magikrun::runtimes::youki::delegate_cgroups_v1(ROOTLESS_UID, ROOTLESS_UID).unwrap();
+    }
+    let out = std::process::Command::new(setpriv)
+        .args([
+            &format!("--reuid={ROOTLESS_UID}"),
+            &format!("--regid={ROOTLESS_UID}"),
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "rootless_inner",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("MAGIKRUN_ROOTLESS_INNER", "1")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    let cleanup = if v1 {
+        magikrun::runtimes::youki::remove_delegated_cgroups_v1(ROOTLESS_UID)
+    } else {
+        Ok(())
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("rootless-inner-ok"),
+        "{}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    cleanup.unwrap();
+}
+
+/// The unprivileged half of [`rootless_lifecycle_as_unprivileged_user`]; does nothing unless
+/// started by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootless_inner() {
+    if std::env::var_os("MAGIKRUN_ROOTLESS_INNER").is_none() {
+        return;
+    }
+    assert!(!common::is_root(), "must run unprivileged");
+    let platform = magikrun::Platform::detect();
+    assert_eq!(
+        magikrun::runtimes::backend_availability("youki", &platform),
+        Ok(()),
+        "the registry must offer youki to this user: {:?}",
+        platform.notes
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let script = "id -u; id -g; cat /proc/self/uid_map; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+                  hostname; ls /sys/class/net; touch /rootfile 2>/dev/null || echo root-readonly; exit 5";
+    let layout = common::busybox_layout(&tmp.path().join("layout"), &["sh", "-c", script]);
+    let store = BlobStore::with_root(tmp.path().join("blobs")).unwrap();
+    let image = pull_image(&format!("oci:{}:busybox", layout.display()), &store)
+        .await
+        .unwrap();
+    let bundle = BundleBuilder::new()
+        .unwrap()
+        .image(&image)
+        .storage(&store)
+        .bundle_dir(tmp.path().join("bundle"))
+        .build()
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(tmp.path().join("bundle/config.json")).unwrap();
+    assert!(config.contains("uidMappings"), "builder wrote no mapping");
+    let rt = YoukiRuntime::new(tmp.path().join("state"));
+    rt.create("rootless", &bundle).await.unwrap();
+    let st = rt.state("rootless").await.unwrap();
+    assert_eq!(st.status, ContainerStatus::Created);
+    rt.start("rootless").await.unwrap();
+    let st = rt.wait("rootless", WAIT).await.unwrap();
+    assert_eq!(st.status, ContainerStatus::Stopped);
+    assert_eq!(
+        st.annotations.get("magikrun.exit_code").map(String::as_str),
+        Some("5")
+    );
+    let (out, err) = rt.log_paths("rootless");
+    let out = std::fs::read_to_string(out).unwrap();
+    let err = std::fs::read_to_string(err).unwrap_or_default();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..2], &["0", "0"], "{out}\n{err}");
+    let map: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(map, ["0", &ROOTLESS_UID.to_string(), "1"], "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("Seccomp:\t2"), "{out}");
+    assert!(out.contains("magikrun"), "hostname: {out}");
+    assert!(out.contains("root-readonly"), "{out}");
+    let ifaces: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| *l == "lo" || l.starts_with("eth"))
+        .collect();
+    assert_eq!(ifaces, ["lo"], "{out}");
+    rt.delete("rootless").await.unwrap();
+    assert!(matches!(
+        rt.state("rootless").await,
+        Err(Error::ContainerNotFound(_))
+    ));
+    println!("rootless-inner-ok");
 }

@@ -84,6 +84,19 @@ enum Cmd {
         /// Container id.
         id: String,
     },
+    /// As root, cgroup v1: give `magikrun-<uid>` under every v1 controller to a user, so that
+    /// user can run rootless containers (`--remove` takes them back).
+    DelegateCgroups {
+        /// The user's uid.
+        #[arg(long)]
+        uid: u32,
+        /// The user's gid (default: same as the uid).
+        #[arg(long)]
+        gid: Option<u32>,
+        /// Remove the directories instead.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Print what isolation this host offers and which backends can run.
     Platform {
         /// Print JSON.
@@ -141,6 +154,16 @@ async fn run(cli: Cli) -> magikrun::Result<()> {
             }
             rt.delete(&id).await?;
         }
+        Cmd::DelegateCgroups { uid, gid, remove } => {
+            if remove {
+                magikrun::runtimes::youki::remove_delegated_cgroups_v1(uid)?;
+            } else {
+                let gid = gid.unwrap_or(uid);
+                for d in magikrun::runtimes::youki::delegate_cgroups_v1(uid, gid)? {
+                    println!("{}", d.display());
+                }
+            }
+        }
         Cmd::Platform { json } => {
             let p = Platform::detect();
             let reg = RuntimeRegistry::with_options(
@@ -158,6 +181,10 @@ async fn run(cli: Cli) -> magikrun::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("os: {}  arch: {}  root: {}", p.os, p.arch, p.is_root);
+                println!(
+                    "unprivileged user namespaces: {}  delegated cgroup v1: {}",
+                    p.unprivileged_userns, p.delegated_cgroup_v1
+                );
                 println!("cgroups: {}", p.cgroup_mode);
                 println!("namespaces: {}", p.namespaces.join(" "));
                 let caps: Vec<String> = p.capabilities.iter().map(|c| c.to_string()).collect();

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
-use crate::platform::{Capability, Platform};
+use crate::platform::{Capability, CgroupMode, Platform};
 use crate::state::{ContainerState, ContainerStatus};
 
 pub mod krun;
@@ -208,11 +208,26 @@ pub fn backend_availability(name: &str, platform: &Platform) -> std::result::Res
             {
                 return Err("no cgroup hierarchy is mounted".into());
             }
-            if !platform.is_root {
-                // libcontainer runs rootless only with a user-namespace mapping in config.json,
-                // which the bundle builder does not write yet.
+            if platform.is_root {
+                return Ok(());
+            }
+            // Rootless: the bundle builder writes a user-namespace mapping (container root =
+            // the calling user); the kernel must let an unprivileged user create it.
+            if !platform.has_capability(Capability::UserNamespaces) {
+                return Err("needs root: the kernel has no user namespaces".into());
+            }
+            if !platform.unprivileged_userns {
+                return Err("needs root: unprivileged user namespaces are disabled \
+                     (kernel.unprivileged_userns_clone / user.max_user_namespaces)"
+                    .into());
+            }
+            // libcgroups adds a rootless container to every mounted v1 controller and does not
+            // tolerate permission errors there; on v2 it goes on without a cgroup it may not
+            // create.
+            if platform.cgroup_mode != CgroupMode::Unified && !platform.delegated_cgroup_v1 {
                 return Err(
-                    "needs root: rootless bundles (user-namespace mappings) are not supported yet"
+                    "needs root, or cgroup v1 directories delegated to this user \
+                     (`magikrun delegate-cgroups --uid <uid>` as root)"
                         .into(),
                 );
             }
@@ -327,6 +342,8 @@ mod tests {
             cgroup_mode: CgroupMode::Hybrid,
             namespaces: vec![],
             is_root: root,
+            unprivileged_userns: false,
+            delegated_cgroup_v1: false,
             notes: vec![],
         }
     }
@@ -422,6 +439,41 @@ mod tests {
                 "{name} on {:?}",
                 p.capabilities
             );
+        }
+    }
+
+    #[test]
+    fn rootless_youki_availability_table() {
+        use Capability::*;
+        let caps = [Namespaces, UserNamespaces, CgroupsV1, CgroupsV2, Seccomp];
+        // (user namespaces listed, unprivileged allowed, cgroup mode, v1 delegated, available)
+        let cases = [
+            (true, true, CgroupMode::Unified, false, true),
+            (true, true, CgroupMode::Legacy, true, true),
+            (true, true, CgroupMode::Hybrid, true, true),
+            (true, true, CgroupMode::Legacy, false, false),
+            (true, true, CgroupMode::Hybrid, false, false),
+            (true, false, CgroupMode::Unified, false, false),
+            (true, false, CgroupMode::Legacy, true, false),
+            (false, true, CgroupMode::Unified, false, false),
+        ];
+        for (userns, unpriv, mode, delegated, ok) in cases {
+            let mut p = platform(&caps, false, "linux");
+            if !userns {
+                p.capabilities.remove(&UserNamespaces);
+            }
+            p.unprivileged_userns = unpriv;
+            p.cgroup_mode = mode;
+            p.delegated_cgroup_v1 = delegated;
+            let r = backend_availability("youki", &p);
+            assert_eq!(
+                r.is_ok(),
+                ok,
+                "{userns} {unpriv} {mode:?} {delegated}: {r:?}"
+            );
+            // Root needs none of it.
+            p.is_root = true;
+            assert!(backend_availability("youki", &p).is_ok());
         }
     }
 

@@ -147,10 +147,52 @@ pub fn classify_exit(result: &wasmtime::Result<()>, killed: i32) -> WasmExit {
     }
 }
 
-/// The WASM backend.
+/// Most compiled modules kept by one runtime.
+pub const MODULE_CACHE_ENTRIES: usize = 64;
+/// Most module bytes (sum of the source modules' sizes) behind the cached compilations.
+pub const MODULE_CACHE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Compiled modules by the SHA-256 of their bytes, oldest evicted first. A `Module` is a cheap
+/// handle (reference counted), so a hit costs a hash of the bytes, not a compilation.
+#[derive(Default)]
+struct ModuleCache {
+    order: std::collections::VecDeque<String>,
+    modules: HashMap<String, (Module, u64)>,
+    bytes: u64,
+    compilations: u64,
+}
+
+impl ModuleCache {
+    fn get(&self, key: &str) -> Option<Module> {
+        self.modules.get(key).map(|(m, _)| m.clone())
+    }
+
+    fn insert(&mut self, key: String, module: Module, size: u64) {
+        if self.modules.contains_key(&key) || size > MODULE_CACHE_BYTES {
+            return;
+        }
+        while self.modules.len() >= MODULE_CACHE_ENTRIES
+            || self.bytes.saturating_add(size) > MODULE_CACHE_BYTES
+        {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, n)) = self.modules.remove(&old) {
+                self.bytes = self.bytes.saturating_sub(n);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.modules.insert(key, (module, size));
+        self.bytes = self.bytes.saturating_add(size);
+    }
+}
+
+/// The WASM backend. One `Engine` for all containers; compiled modules are cached by the
+/// SHA-256 of their bytes, so creating many containers from one module compiles it once.
 pub struct WasmtimeRuntime {
     engine: Engine,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    cache: Arc<Mutex<ModuleCache>>,
 }
 
 impl std::fmt::Debug for WasmtimeRuntime {
@@ -173,7 +215,18 @@ impl WasmtimeRuntime {
         Ok(WasmtimeRuntime {
             engine,
             containers: Mutex::new(HashMap::new()),
+            cache: Arc::new(Mutex::new(ModuleCache::default())),
         })
+    }
+
+    /// How many modules this runtime has compiled (cache misses) so far.
+    pub fn compilations(&self) -> u64 {
+        lock(&self.cache).compilations
+    }
+
+    /// How many compiled modules are cached now.
+    pub fn cached_modules(&self) -> usize {
+        lock(&self.cache).modules.len()
     }
 
     fn get(&self, id: &str) -> Result<Arc<Container>> {
@@ -269,6 +322,7 @@ impl OciRuntime for WasmtimeRuntime {
             }
         }
         let engine = self.engine.clone();
+        let cache = Arc::clone(&self.cache);
         let path = module.clone();
         let compiled = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
@@ -278,7 +332,17 @@ impl OciRuntime for WasmtimeRuntime {
                     limit: MAX_WASM_MODULE_SIZE,
                 });
             }
-            Module::from_binary(&engine, &bytes).map_err(|e| Error::Wasm(format!("compile: {e}")))
+            // Keyed by content, not path: a file replaced in place is compiled again.
+            let key = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            if let Some(m) = lock(&cache).get(&key) {
+                return Ok(m);
+            }
+            let m = Module::from_binary(&engine, &bytes)
+                .map_err(|e| Error::Wasm(format!("compile: {e}")))?;
+            let mut c = lock(&cache);
+            c.compilations += 1;
+            c.insert(key, m.clone(), bytes.len() as u64);
+            Ok(m)
         })
         .await
         .map_err(|e| Error::Wasm(format!("compile task: {e}")))??;
@@ -377,5 +441,45 @@ impl OciRuntime for WasmtimeRuntime {
         }
         lock(&self.containers).remove(id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(engine: &Engine) -> Module {
+        Module::new(engine, wat::parse_str("(module)").unwrap()).unwrap()
+    }
+
+    #[test]
+    fn module_cache_evicts_oldest_by_count_and_bytes() {
+        let engine = Engine::default();
+        let mut c = ModuleCache::default();
+        for i in 0..MODULE_CACHE_ENTRIES + 3 {
+            c.insert(format!("k{i}"), module(&engine), 10);
+        }
+        assert_eq!(c.modules.len(), MODULE_CACHE_ENTRIES);
+        assert!(c.get("k0").is_none() && c.get("k2").is_none());
+        assert!(c.get("k3").is_some());
+        assert_eq!(c.bytes, 10 * MODULE_CACHE_ENTRIES as u64);
+
+        let mut c = ModuleCache::default();
+        c.insert("a".into(), module(&engine), MODULE_CACHE_BYTES / 2);
+        c.insert("b".into(), module(&engine), MODULE_CACHE_BYTES / 2);
+        c.insert("c".into(), module(&engine), 1);
+        assert!(
+            c.get("a").is_none(),
+            "oldest evicted to stay within the byte bound"
+        );
+        assert!(c.get("b").is_some() && c.get("c").is_some());
+        assert!(c.bytes <= MODULE_CACHE_BYTES);
+        // Larger than the whole cache: not kept. A duplicate key is not counted twice.
+        c.insert("huge".into(), module(&engine), MODULE_CACHE_BYTES + 1);
+        assert!(c.get("huge").is_none());
+        let before = c.bytes;
+        c.insert("c".into(), module(&engine), 1);
+        assert_eq!(c.bytes, before);
+        assert_eq!(c.order.len(), c.modules.len());
     }
 }

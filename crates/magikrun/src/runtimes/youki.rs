@@ -233,6 +233,16 @@ impl YoukiRuntime {
                     // group, so a timeout can kill it with everything it started (hooks).
                     unsafe { libc::setpgid(0, 0) };
                 }
+                // Drop every descriptor inherited from the (multi-threaded) caller except
+                // stdio, the answer pipe and the container's stdio: otherwise the container
+                // init, which waits for `start` before it execs, holds them too, e.g. a file
+                // another thread is writing, so that executing that file elsewhere fails
+                // with ETXTBSY.
+                let mut keep = vec![wr.as_raw_fd()];
+                if let Some((i, o, e)) = &stdio {
+                    keep.extend([i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()]);
+                }
+                close_inherited_fds(&keep);
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
                         .with_root_path(root.clone())
@@ -491,6 +501,102 @@ impl OciRuntime for YoukiRuntime {
         lock(&self.exits).remove(id);
         Ok(())
     }
+}
+
+/// Closes every descriptor above 2 that is not in `keep` (read from `/proc/self/fd`). Used in
+/// the freshly forked helper, which holds copies of all the caller's descriptors.
+fn close_inherited_fds(keep: &[std::os::fd::RawFd]) {
+    let Ok(rd) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<std::os::fd::RawFd> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closes a descriptor number this single-threaded child inherited; nothing
+            // in the child uses it afterwards (the kept ones are excluded, the directory
+            // iterator is already dropped, so a stale number only yields EBADF).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Root only, cgroup v1: creates the directory `magikrun-<uid>` under every mounted v1 controller
+/// (each hierarchy once) and gives it to `uid:gid`, so that user's rootless containers can create
+/// their cgroups inside it (see [`crate::builder::make_rootless`]). The cpuset directory gets
+/// its parent's `cpuset.cpus`/`cpuset.mems`. Idempotent. Returns the directories.
+pub fn delegate_cgroups_v1(uid: u32, gid: u32) -> Result<Vec<PathBuf>> {
+    let name = crate::platform::delegated_cgroup_name(uid);
+    let mut out = Vec::new();
+    for hierarchy in v1_hierarchies() {
+        let dir = hierarchy.join(&name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let parent = hierarchy.join(f);
+            let own = dir.join(f);
+            if parent.exists() {
+                let have = std::fs::read_to_string(&own).map_err(|e| Error::io(&own, e))?;
+                if have.trim().is_empty() {
+                    let v = std::fs::read_to_string(&parent).map_err(|e| Error::io(&parent, e))?;
+                    std::fs::write(&own, v.trim()).map_err(|e| Error::io(&own, e))?;
+                }
+            }
+        }
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| Error::io(&dir, e.into()))?;
+        out.push(dir);
+    }
+    if out.is_empty() {
+        return Err(backend(
+            "no cgroup v1 controller is mounted under /sys/fs/cgroup",
+        ));
+    }
+    Ok(out)
+}
+
+/// Root only: removes the directories [`delegate_cgroups_v1`] made for `uid` (they must hold no
+/// container cgroups any more). Missing ones are fine.
+pub fn remove_delegated_cgroups_v1(uid: u32) -> Result<()> {
+    let name = crate::platform::delegated_cgroup_name(uid);
+    for hierarchy in v1_hierarchies() {
+        let dir = hierarchy.join(&name);
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&dir, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The mounted cgroup v1 hierarchies (a combined mount such as `cpu,cpuacct` once).
+fn v1_hierarchies() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for c in crate::platform::V1_CONTROLLERS {
+        let mount = Path::new("/sys/fs/cgroup").join(c);
+        let is_v1 = nix::sys::statfs::statfs(&mount)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP_SUPER_MAGIC)
+            .unwrap_or(false);
+        if !is_v1 {
+            continue;
+        }
+        if let Ok(real) = std::fs::canonicalize(&mount) {
+            if !out.contains(&real) {
+                out.push(real);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
