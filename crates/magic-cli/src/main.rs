@@ -150,9 +150,13 @@ struct ServeArgs {
     /// Executions in flight per controller.
     #[arg(long, env = "CONTROLLER_MAX_CONCURRENT", default_value_t = magic_runtime::config::DEFAULT_MAX_CONCURRENT)]
     max_concurrent: usize,
-    /// Isolation mode: `inline` (development, not isolated) until process mode lands.
-    #[arg(long, env = "CONTROLLER_EXECUTION_MODE", default_value = "inline")]
+    /// Isolation mode: `process` (sandboxed, the default) or `inline` (development only, not
+    /// isolated).
+    #[arg(long, env = "CONTROLLER_EXECUTION_MODE", default_value = "process")]
     execution_mode: String,
+    /// Start process mode even where an isolation layer is missing (loud warning).
+    #[arg(long, env = "MAGIC_ALLOW_DEGRADED_ISOLATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    allow_degraded_isolation: bool,
     /// Largest execute request body in bytes.
     #[arg(long, env = "MAGIC_MAX_BODY_BYTES", default_value_t = magic_runtime::config::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
@@ -400,6 +404,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.execution_mode = execution_mode;
     config.max_body_bytes = args.max_body_bytes;
     config.python = args.python;
+    config.allow_degraded_isolation = args.allow_degraded_isolation;
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

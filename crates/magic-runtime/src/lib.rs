@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod sandboxed;
 mod spawn;
 
 use std::net::SocketAddr;
@@ -57,6 +58,9 @@ pub enum StartError {
     /// Python could not be found or is too old.
     #[error("python: {0}")]
     Python(String),
+    /// Process mode cannot isolate executions on this host.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     /// Files in the data dir could not be written.
     #[error("data dir: {0}")]
     DataDir(std::io::Error),
@@ -154,7 +158,10 @@ impl Runtime {
         let metrics = Arc::new(Metrics::new()?);
         let audit: Arc<dyn AuditSink> = Arc::new(magic_audit::MemoryAuditSink::default());
         let broker = Arc::new(CapabilityBroker::new(audit.clone()));
-        let executor = Executor::new(python, sdk_dir, temp_root, broker, metrics.clone());
+        let sandbox = sandboxed::start_sandbox(&config, &python, &sdk_dir, &runtime_dir)
+            .map_err(StartError::Sandbox)?;
+        let executor = Executor::new(python, sdk_dir, temp_root, broker, metrics.clone())
+            .with_sandbox(sandbox, config.max_concurrent);
         Ok(Arc::new(Runtime {
             config,
             store,

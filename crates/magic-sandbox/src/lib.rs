@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use cgroup::{CgroupLayout, Limits};
-pub use zygote::{Child, Zygote, ZygoteSpec};
+pub use zygote::{Child, Confined, Zygote, ZygoteSpec};
 
 /// The uid/gid children run as (`nobody` on Debian).
 pub const SANDBOX_ID: u32 = 65534;
@@ -309,9 +309,8 @@ impl Sandbox {
 
     /// Kill what is left of `child` and return its cgroup slot to the pool. Blocking (waits
     /// until the slot is empty): call from a blocking context.
-    pub fn release(&self, child: Child) {
-        let Child { stream, pid, slot } = child;
-        drop(stream);
+    pub fn release(&self, child: Confined) {
+        let Confined { pid, slot } = child;
         match (slot, &self.cgroups) {
             (Some(s), Some(pool)) => pool.give_back(s),
             _ => {

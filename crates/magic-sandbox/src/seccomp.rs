@@ -472,9 +472,9 @@ mod tests {
     #[test]
     fn filters_compile() {
         let z = zygote_filter().expect("zygote filter");
-        assert!(!z.is_empty() && z.len() % 8 == 0);
+        assert!(!z.is_empty() && z.len().is_multiple_of(8));
         let c = child_filter().expect("child filter");
-        assert!(!c.is_empty() && c.len() % 8 == 0);
+        assert!(!c.is_empty() && c.len().is_multiple_of(8));
         assert!(c.len() < z.len(), "the child filter is the small one");
     }
 }

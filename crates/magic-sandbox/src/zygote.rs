@@ -399,12 +399,26 @@ impl std::fmt::Debug for Zygote {
 pub struct Child {
     /// The runtime's end of the execution socket.
     pub stream: tokio::net::UnixStream,
+    /// The child's process and cgroup slot.
+    pub confined: Confined,
+}
+
+impl Child {
+    /// Separate the socket from the process handle.
+    pub fn split(self) -> (tokio::net::UnixStream, Confined) {
+        (self.stream, self.confined)
+    }
+}
+
+/// A child's host pid and cgroup slot: what is killed and pooled when its execution ends.
+#[derive(Debug)]
+pub struct Confined {
     /// The child's host pid.
     pub pid: i32,
     pub(crate) slot: Option<Slot>,
 }
 
-impl Child {
+impl Confined {
     /// SIGKILL the child and everything it started (its cgroup slot), never the zygote.
     pub fn kill(&self) {
         match &self.slot {
@@ -652,10 +666,13 @@ impl Zygote {
             }
             None => None,
         };
-        let mut child = Child { stream, pid, slot };
+        let mut child = Child {
+            stream,
+            confined: Confined { pid, slot },
+        };
         if let Err(e) = child.stream.write_all(b"G").await {
-            child.kill();
-            sb.release(child);
+            child.confined.kill();
+            sb.release(child.confined);
             return Err(SandboxError::ZygoteGone(format!("child vanished: {e}")));
         }
         Ok(child)

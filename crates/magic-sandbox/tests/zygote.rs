@@ -115,6 +115,6 @@ return out"#;
     assert_eq!(out["uid"], 65534);
     assert_eq!(out["shadow"], 2, "no /etc at all");
     assert_eq!(out["inet"], 1, "EPERM from seccomp");
-    sb.release(child);
+    sb.release(child.confined);
     assert!(z.is_alive());
 }

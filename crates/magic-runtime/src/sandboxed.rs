@@ -1,0 +1,251 @@
+//! Process mode: one zygote per deployed version, a pre-forked spare child per version, and
+//! the start-up decision whether process mode can run on this host.
+//!
+//! Owns: the per-version pools (zygote + spares), restarting a dead zygote, and the refusal
+//! to start when an isolation layer is missing. Must never: hand a child to a second
+//! execution, kill a zygote because an execution ended, or fall back to weaker isolation
+//! without `MAGIC_ALLOW_DEGRADED_ISOLATION=1` and a loud warning.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use magic_contract::{Capability, ErrorCode};
+use magic_sandbox::{Child, Confined, Limits, Sandbox, SandboxConfig, Zygote, ZygoteSpec};
+
+use crate::config::{ExecutionMode, ServeConfig};
+use crate::error::ApiError;
+use crate::registry::DeployedVersion;
+
+/// Processes and threads one execution may have at once (fork bombs stop here).
+pub const PIDS_PER_EXECUTION: u64 = 64;
+/// Spare children kept ready per version.
+pub const SPARES: usize = 2;
+
+/// Decide how `magic serve` isolates executions on this host. `Ok(None)` = inline mode.
+/// Refuses process mode when a required layer is missing, unless degraded isolation is
+/// explicitly allowed (then: rlimits without cgroups, or inline without namespaces).
+pub fn start_sandbox(
+    config: &ServeConfig,
+    python: &Path,
+    sdk_dir: &Path,
+    runtime_dir: &Path,
+) -> Result<Option<Arc<Sandbox>>, String> {
+    if config.execution_mode == ExecutionMode::Inline {
+        tracing::warn!(
+            event = "isolation_degraded",
+            "CONTROLLER_EXECUTION_MODE=inline: executions are NOT isolated (development only)"
+        );
+        return Ok(None);
+    }
+    let layers = magic_sandbox::probe();
+    let cgroups_only = layers
+        .iter()
+        .filter(|l| l.required && !l.active)
+        .all(|l| l.name == "cgroups");
+    if let Some(missing) = magic_sandbox::missing_required(&layers) {
+        if !config.allow_degraded_isolation {
+            return Err(format!(
+                "process mode needs isolation layers this host lacks: {missing}. Run as root on \
+                 Linux with namespaces, seccomp and cgroups (see `magic doctor`), or set \
+                 MAGIC_ALLOW_DEGRADED_ISOLATION=1 to run with weaker isolation"
+            ));
+        }
+        if !cgroups_only {
+            tracing::error!(
+                event = "isolation_degraded",
+                missing = %missing,
+                "MAGIC_ALLOW_DEGRADED_ISOLATION=1: process mode is impossible here; executions \
+                 run INLINE, NOT ISOLATED"
+            );
+            return Ok(None);
+        }
+        tracing::error!(
+            event = "isolation_degraded",
+            missing = %missing,
+            "MAGIC_ALLOW_DEGRADED_ISOLATION=1: no usable cgroups; executions are limited by \
+             rlimits only (memory via RLIMIT_AS, processes via RLIMIT_NPROC)"
+        );
+    }
+    let sb = Sandbox::new(SandboxConfig {
+        python: python.to_path_buf(),
+        sdk_dir: sdk_dir.to_path_buf(),
+        work_dir: runtime_dir.to_path_buf(),
+        allow_without_cgroups: config.allow_degraded_isolation,
+    })
+    .map_err(|e| format!("process mode cannot start: {e}"))?;
+    tracing::info!(event = "sandbox_ready", cgroups = ?sb.cgroup_layout(), "process mode: executions are sandboxed");
+    Ok(Some(sb))
+}
+
+/// The `fs:temp` size a version declares.
+pub fn temp_size(version: &DeployedVersion) -> Option<u64> {
+    version.contract.capabilities.iter().find_map(|c| match c {
+        Capability::FsTemp { size } => Some(*size),
+        _ => None,
+    })
+}
+
+fn spec(version: &DeployedVersion) -> ZygoteSpec {
+    let r = &version.contract.resources;
+    ZygoteSpec {
+        package_dir: version.package_dir.clone(),
+        temp_size: temp_size(version),
+        limits: Limits {
+            memory: r.memory,
+            cpu: r.cpu,
+            pids: PIDS_PER_EXECUTION,
+        },
+    }
+}
+
+/// A version's zygote and its ready children.
+#[derive(Default)]
+struct Pool {
+    zygote: tokio::sync::Mutex<Option<Arc<Zygote>>>,
+    spares: Mutex<Vec<Child>>,
+    filling: AtomicBool,
+}
+
+/// Process mode state of the executor.
+pub struct ProcessMode {
+    sandbox: Arc<Sandbox>,
+    pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
+    spares: usize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, event = "sandbox_unavailable");
+    ApiError::new(
+        ErrorCode::SandboxUnavailable,
+        format!("the sandbox is unavailable: {e}"),
+    )
+}
+
+impl ProcessMode {
+    /// Process mode over `sandbox`; at most `max_concurrent` spare children per version.
+    pub fn new(sandbox: Arc<Sandbox>, max_concurrent: usize) -> Self {
+        ProcessMode {
+            sandbox,
+            pools: Mutex::new(HashMap::new()),
+            spares: SPARES.min(max_concurrent.max(1)),
+        }
+    }
+
+    fn pool(&self, v: &DeployedVersion) -> Arc<Pool> {
+        let key = (v.name.clone(), v.version.to_string());
+        match self.pools.lock() {
+            Ok(mut pools) => pools.entry(key).or_default().clone(),
+            Err(_) => Arc::new(Pool::default()),
+        }
+    }
+
+    /// Start `v`'s zygote and fill its spares now.
+    pub async fn prepare(&self, v: &Arc<DeployedVersion>) -> Result<(), ApiError> {
+        let pool = self.pool(v);
+        zygote(&self.sandbox, &pool, v).await?;
+        fill(self.sandbox.clone(), self.spares, pool, v.clone()).await;
+        Ok(())
+    }
+
+    /// A fresh child for one execution of `v`: a pre-forked spare when one is ready (the next
+    /// one is forked in the background), else one forked now.
+    pub async fn child(&self, v: &Arc<DeployedVersion>) -> Result<Child, ApiError> {
+        let pool = self.pool(v);
+        let zygote_alive = match pool.zygote.try_lock() {
+            Ok(g) => g.as_ref().is_some_and(|z| z.is_alive()),
+            Err(_) => true,
+        };
+        let spare = if zygote_alive {
+            pool.spares.lock().ok().and_then(|mut s| s.pop())
+        } else {
+            None
+        };
+        let child = match spare {
+            Some(c) => c,
+            None => fork(&self.sandbox, &pool, v).await?,
+        };
+        if !pool.filling.swap(true, Ordering::SeqCst) {
+            let (sb, n, v) = (self.sandbox.clone(), self.spares, v.clone());
+            tokio::spawn(async move {
+                fill(sb, n, pool.clone(), v).await;
+                pool.filling.store(false, Ordering::SeqCst);
+            });
+        }
+        Ok(child)
+    }
+
+    /// Kill what is left of an execution's child and pool its cgroup slot (off the request
+    /// path).
+    pub fn release(&self, c: Confined) {
+        let sb = self.sandbox.clone();
+        tokio::task::spawn_blocking(move || sb.release(c));
+    }
+}
+
+async fn zygote(
+    sb: &Arc<Sandbox>,
+    pool: &Pool,
+    v: &DeployedVersion,
+) -> Result<Arc<Zygote>, ApiError> {
+    let mut guard = pool.zygote.lock().await;
+    if let Some(z) = guard.as_ref() {
+        if z.is_alive() {
+            return Ok(z.clone());
+        }
+        tracing::warn!(controller = %v.name, version = %v.version, event = "zygote_restart", "zygote died; starting a new one");
+        if let Ok(mut spares) = pool.spares.lock() {
+            spares.clear();
+        }
+    }
+    let z = Zygote::start(sb, spec(v)).await.map_err(unavailable)?;
+    tracing::info!(controller = %v.name, version = %v.version, event = "zygote_ready",
+        ready_ms = z.ready_in.as_secs_f64() * 1000.0, pid = z.pid());
+    *guard = Some(z.clone());
+    Ok(z)
+}
+
+async fn fork(sb: &Arc<Sandbox>, pool: &Pool, v: &DeployedVersion) -> Result<Child, ApiError> {
+    for _attempt in 0..2 {
+        let z = zygote(sb, pool, v).await?;
+        match z.fork_child(sb).await {
+            Ok(c) => return Ok(c),
+            Err(magic_sandbox::SandboxError::ZygoteGone(e)) => {
+                tracing::warn!(controller = %v.name, error = %e, "zygote gone while forking");
+                z.terminate();
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(unavailable("the zygote keeps dying"))
+}
+
+async fn fill(sb: Arc<Sandbox>, want: usize, pool: Arc<Pool>, v: Arc<DeployedVersion>) {
+    loop {
+        let have = pool.spares.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+        if have >= want {
+            return;
+        }
+        match fork(&sb, &pool, &v).await {
+            Ok(c) => {
+                if let Ok(mut s) = pool.spares.lock() {
+                    s.push(c);
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Whether a child that hung up was OOM-killed (the counter can trail the hang-up briefly).
+pub async fn wait_oom(c: &Confined) -> bool {
+    for _ in 0..5 {
+        if c.oom_killed() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(4)).await;
+    }
+    false
+}
