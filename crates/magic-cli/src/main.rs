@@ -59,6 +59,9 @@ enum Command {
         /// The controller folder (contract.yaml + controller.py).
         dir: PathBuf,
     },
+    /// Print which isolation layers (namespaces, seccomp, cgroups, …) this host provides to
+    /// process mode; exit 1 when a required one is missing.
+    Doctor,
     /// Create a controller folder that validates and deploys as it is.
     Init {
         /// Controller name (`^[A-Za-z][A-Za-z0-9_]{0,63}$`).
@@ -191,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Validate { dir } => Ok(validate(&dir)),
+        Command::Doctor => Ok(doctor()),
         Command::Init { name, dir } => {
             let dir = scaffold::init(&name, dir)?;
             println!("created {} — try: magic validate {0}", dir.display());
@@ -388,6 +392,33 @@ fn print_status(status: &serde_json::Value) {
             }
         );
     }
+}
+
+/// `magic doctor`: the isolation layers of this host, one per line.
+fn doctor() -> ExitCode {
+    let layers = magic_runtime::sandboxed::isolation_layers();
+    for l in &layers {
+        let mark = match (l.active, l.required) {
+            (true, _) => "active ",
+            (false, true) => "MISSING",
+            (false, false) => "unused ",
+        };
+        println!("{mark}  {:<28} {}", l.name, l.detail);
+    }
+    match magic_sandbox_missing(&layers) {
+        Some(m) => {
+            println!("process mode: refused here ({m}); MAGIC_ALLOW_DEGRADED_ISOLATION=1 overrides");
+            ExitCode::from(1)
+        }
+        None => {
+            println!("process mode: every required isolation layer is available");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn magic_sandbox_missing(layers: &[magic_runtime::sandboxed::Layer]) -> Option<String> {
+    magic_runtime::sandboxed::missing_required(layers)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,13 @@ use crate::config::{ExecutionMode, ServeConfig};
 use crate::error::ApiError;
 use crate::registry::DeployedVersion;
 
+pub use magic_sandbox::{missing_required, Layer};
+
+/// This host's isolation layers (for `magic doctor`).
+pub fn isolation_layers() -> Vec<Layer> {
+    magic_sandbox::probe()
+}
+
 /// Processes and threads one execution may have at once (fork bombs stop here).
 pub const PIDS_PER_EXECUTION: u64 = 64;
 /// Spare children kept ready per version.
