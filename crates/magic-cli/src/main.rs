@@ -407,7 +407,9 @@ fn doctor() -> ExitCode {
     }
     match magic_sandbox_missing(&layers) {
         Some(m) => {
-            println!("process mode: refused here ({m}); MAGIC_ALLOW_DEGRADED_ISOLATION=1 overrides");
+            println!(
+                "process mode: refused here ({m}); MAGIC_ALLOW_DEGRADED_ISOLATION=1 overrides"
+            );
             ExitCode::from(1)
         }
         None => {
