@@ -69,11 +69,7 @@ impl Server {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let url = rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string();
+                        let url = rest.split_whitespace().next().unwrap_or_default().to_string();
                         let _ = tx.send(Ok(url));
                         sent = true;
                         continue;
@@ -90,10 +86,7 @@ impl Server {
             Ok(Err(e)) => panic!("server failed to start: {e}"),
             Err(_) => {
                 let _ = child.kill();
-                panic!(
-                    "server did not start within 60s; logs: {:?}",
-                    logs.lock().unwrap()
-                );
+                panic!("server did not start within 60s; logs: {:?}", logs.lock().unwrap());
             }
         };
         Server {
@@ -120,13 +113,8 @@ impl Server {
         reqwest::Client::new()
     }
 
-    pub async fn post(
-        &self,
-        path: &str,
-        body: &str,
-    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-        self.post_with(path, body, &[("x-api-key", ADMIN_KEY)])
-            .await
+    pub async fn post(&self, path: &str, body: &str) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        self.post_with(path, body, &[("x-api-key", ADMIN_KEY)]).await
     }
 
     pub async fn post_with(
