@@ -146,3 +146,33 @@ async fn resource_limits_answer_with_their_codes_and_are_counted() {
         .wait_log(&["resource_limit_exceeded", "E3003"])
         .is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_starts_the_zygote_and_a_dead_zygote_is_restarted() {
+    if !root() {
+        return;
+    }
+    let server = Server::start(&[]);
+    deploy(&server, "escape");
+    // Hot deploy: the zygote came up during the deploy, before any request.
+    let ready = server
+        .wait_log(&["zygote_ready", "HostileEscape"])
+        .expect("zygote_ready logged by the deploy");
+    let pid = ready["pid"].as_i64().expect("zygote pid");
+    still_serving(&server).await;
+
+    // Kill the zygote from outside: the next executions still get fresh sandboxed children.
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    for _ in 0..3 {
+        let (status, _, body) = server
+            .post("/api/execute/HostileEscape", r#"{"attack":"memory_state"}"#)
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(server.wait_log(&["zygote_restart", "HostileEscape"]).is_some());
+}

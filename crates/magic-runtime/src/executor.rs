@@ -54,7 +54,7 @@ pub struct Executor {
     broker: Arc<CapabilityBroker>,
     metrics: Arc<Metrics>,
     /// Process mode: the sandbox and one zygote pool per deployed version.
-    process: Option<crate::sandboxed::ProcessMode>,
+    process: Option<Arc<crate::sandboxed::ProcessMode>>,
 }
 
 /// Find the Python interpreter once: `configured`, else `python3` on `PATH`, resolved to the
@@ -136,8 +136,24 @@ impl Executor {
         sandbox: Option<Arc<magic_sandbox::Sandbox>>,
         max_concurrent: usize,
     ) -> Self {
-        self.process = sandbox.map(|sb| crate::sandboxed::ProcessMode::new(sb, max_concurrent));
+        self.process =
+            sandbox.map(|sb| Arc::new(crate::sandboxed::ProcessMode::new(sb, max_concurrent)));
         self
+    }
+
+    /// The registry's warm hook for process mode (`None` in inline mode): starts a new
+    /// version's zygote and first spare before the version takes traffic.
+    pub fn warm_hook(&self) -> Option<crate::registry::WarmHook> {
+        let process = self.process.clone()?;
+        Some(Arc::new(move |version: Arc<DeployedVersion>| {
+            let process = process.clone();
+            Box::pin(async move {
+                if let Err(e) = process.prepare(&version).await {
+                    tracing::warn!(controller = %version.name, version = %version.version,
+                        error = %e.message, "could not start the new version's zygote ahead of traffic");
+                }
+            })
+        }))
     }
 
     /// Whether executions run sandboxed (process mode).

@@ -162,6 +162,9 @@ impl Runtime {
             .map_err(StartError::Sandbox)?;
         let executor = Executor::new(python, sdk_dir, temp_root, broker, metrics.clone())
             .with_sandbox(sandbox, config.max_concurrent);
+        if let Some(hook) = executor.warm_hook() {
+            registry.set_warm_hook(hook);
+        }
         Ok(Arc::new(Runtime {
             config,
             store,

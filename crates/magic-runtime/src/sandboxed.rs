@@ -151,6 +151,9 @@ impl ProcessMode {
 
     /// Start `v`'s zygote and fill its spares now.
     pub async fn prepare(&self, v: &Arc<DeployedVersion>) -> Result<(), ApiError> {
+        if !v.package_dir.join("controller.py").is_file() {
+            return Ok(()); // not a Python controller: no zygote
+        }
         let pool = self.pool(v);
         zygote(&self.sandbox, &pool, v).await?;
         fill(self.sandbox.clone(), self.spares, pool, v.clone()).await;
