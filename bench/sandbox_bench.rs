@@ -44,7 +44,10 @@ impl Conn {
     async fn new(addr: &str) -> Conn {
         let s = TcpStream::connect(addr).await.expect("connect");
         s.set_nodelay(true).unwrap();
-        Conn { s, buf: Vec::with_capacity(8192) }
+        Conn {
+            s,
+            buf: Vec::with_capacity(8192),
+        }
     }
 
     async fn request(&mut self, req: &[u8]) -> (u16, Vec<u8>) {
@@ -113,7 +116,12 @@ fn spawn_stats(argv: &[&str], runs: usize) -> Option<Stats> {
     let started = Instant::now();
     for _ in 0..runs {
         let t = Instant::now();
-        let st = Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().ok()?;
+        let st = Command::new(argv[0])
+            .args(&argv[1..])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
         if !st.success() {
             return None;
         }
@@ -123,7 +131,10 @@ fn spawn_stats(argv: &[&str], runs: usize) -> Option<Stats> {
 }
 
 fn row(name: &str, s: &Stats) {
-    println!("| {name} | {:.0} | {:.0} | {:.0} | {} |", s.p50, s.p99, s.rps, s.n);
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.0} | {} |",
+        s.p50, s.p99, s.rps, s.n
+    );
 }
 
 async fn hello_world() -> String {
@@ -168,10 +179,17 @@ fn children(pid: i32) -> Vec<i32> {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let magic = PathBuf::from(args.get(1).expect("usage: sandbox_bench MAGIC_BINARY"));
-    let total: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(4000);
+    let total: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
     let limit = Duration::from_secs(20);
     let python = String::from_utf8(
-        Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().unwrap().stdout,
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap()
     .trim()
@@ -182,15 +200,37 @@ async fn main() {
     if let Some(s) = spawn_stats(&[&python, "-I", "-S", "-c", "pass"], 100) {
         row("baseline: `python3 -I -S -c pass` (spawn + wait)", &s);
     }
-    match spawn_stats(&["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--dev", "/dev", &python, "-I", "-S", "-c", "pass"], 100) {
+    match spawn_stats(
+        &[
+            "bwrap",
+            "--unshare-all",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            &python,
+            "-I",
+            "-S",
+            "-c",
+            "pass",
+        ],
+        100,
+    ) {
         Some(s) => row("baseline: `bwrap --unshare-all python3 -I -S -c pass`", &s),
         None => println!("| baseline: bwrap (not installed) | – | – | – | 0 |"),
     }
     let hello = hello_world().await;
     let req = format!("GET / HTTP/1.1\r\nHost: {hello}\r\n\r\n").into_bytes();
     load(&hello, req.clone(), 1, 500, limit).await;
-    row("baseline: axum hello world, 1 connection", &load(&hello, req.clone(), 1, total, limit).await);
-    row("baseline: axum hello world, 4 connections", &load(&hello, req, 4, total, limit).await);
+    row(
+        "baseline: axum hello world, 1 connection",
+        &load(&hello, req.clone(), 1, total, limit).await,
+    );
+    row(
+        "baseline: axum hello world, 4 connections",
+        &load(&hello, req, 4, total, limit).await,
+    );
 
     // The runtime, process mode (the default), embedded SQLite.
     let tmp = tempfile::tempdir().unwrap();
@@ -217,7 +257,12 @@ async fn main() {
     let wait_log = |needles: &[&str]| -> Option<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(l) = logs.lock().unwrap().iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+            if let Some(l) = logs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
                 return serde_json::from_str(l).ok();
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -259,25 +304,39 @@ async fn main() {
         let (status, _) = c.request(req.as_bytes()).await;
         assert_eq!(status, 200);
         first.push(t.elapsed());
-        let line = wait_log(&["zygote_ready", &format!("\"version\":\"{version}\"")]).expect("zygote_ready");
+        let line = wait_log(&["zygote_ready", &format!("\"version\":\"{version}\"")])
+            .expect("zygote_ready");
         ready.push(line["ready_ms"].as_f64().unwrap_or(f64::NAN));
     }
     let req = format!("POST /api/execute/Noop HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes();
     load(&addr, req.clone(), 1, 300, limit).await;
-    row("**Python no-op controller, fresh sandboxed process per request, 1 connection**", &load(&addr, req.clone(), 1, total, limit).await);
-    row("**same, 2 connections**", &load(&addr, req.clone(), 2, total, limit).await);
-    row("**same, 4 connections**", &load(&addr, req.clone(), 4, total, limit).await);
+    row(
+        "**Python no-op controller, fresh sandboxed process per request, 1 connection**",
+        &load(&addr, req.clone(), 1, total, limit).await,
+    );
+    row(
+        "**same, 2 connections**",
+        &load(&addr, req.clone(), 2, total, limit).await,
+    );
+    row(
+        "**same, 4 connections**",
+        &load(&addr, req.clone(), 4, total, limit).await,
+    );
 
     // Private memory per concurrent execution: 8 executions sleeping at once.
     let dir = tmp.path().join("sleeper");
     write_noop(&dir, "Sleeper", "1.0.0", "await asyncio.sleep(1.5)");
     deploy(&dir);
-    let zpid = wait_log(&["zygote_ready", "Sleeper"]).unwrap()["pid"].as_i64().unwrap() as i32;
+    let zpid = wait_log(&["zygote_ready", "Sleeper"]).unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
     let sreq = format!("POST /api/execute/Sleeper HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes();
     let mut running = Vec::new();
     for _ in 0..8 {
         let (a, r) = (addr.clone(), sreq.clone());
-        running.push(tokio::spawn(async move { Conn::new(&a).await.request(&r).await.0 }));
+        running.push(tokio::spawn(async move {
+            Conn::new(&a).await.request(&r).await.0
+        }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     let kids = children(zpid);
@@ -295,8 +354,15 @@ async fn main() {
     println!();
     println!("| measure | value |");
     println!("| --- | ---: |");
-    println!("| zygote ready (new version), median of {} | {:.1} ms |", ready.len(), ready[ready.len() / 2]);
-    println!("| deploy (CLI) → first served request, median | {:.1} ms |", first_ms[first_ms.len() / 2]);
+    println!(
+        "| zygote ready (new version), median of {} | {:.1} ms |",
+        ready.len(),
+        ready[ready.len() / 2]
+    );
+    println!(
+        "| deploy (CLI) → first served request, median | {:.1} ms |",
+        first_ms[first_ms.len() / 2]
+    );
     if !dirty.is_empty() {
         let avg = dirty.iter().sum::<u64>() as f64 / dirty.len() as f64;
         println!(
@@ -307,5 +373,8 @@ async fn main() {
             *dirty.iter().max().unwrap() as f64 / 1024.0
         );
     }
-    println!("| zygote private dirty memory | {:.2} MiB |", zygote_dirty as f64 / 1024.0);
+    println!(
+        "| zygote private dirty memory | {:.2} MiB |",
+        zygote_dirty as f64 / 1024.0
+    );
 }

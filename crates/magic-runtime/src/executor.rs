@@ -615,3 +615,43 @@ fn humanize(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(code: &str, exception: &str, message: &str) -> WireError {
+        WireError {
+            code: code.into(),
+            message: message.into(),
+            details: None,
+            exception: Some(exception.into()),
+            traceback: None,
+        }
+    }
+
+    #[test]
+    fn resource_errors_from_the_worker() {
+        let enospc = "OSError: [Errno 28] No space left on device";
+        let cases = [
+            (wire("E5001", "MemoryError", ""), true, Some("E3002")),
+            (wire("E5001", "OSError", enospc), true, Some("E3003")),
+            (wire("E5001", "OSError", enospc), false, None),
+            (
+                wire(
+                    "E5001",
+                    "OSError",
+                    "OSError: [Errno 30] Read-only file system",
+                ),
+                true,
+                None,
+            ),
+            (wire("E5001", "ValueError", enospc), true, None),
+            (wire("E2001", "MemoryError", ""), true, None),
+        ];
+        for (e, temp, want) in cases {
+            let got = resource_error(&e, temp).map(|(c, _)| c.as_str());
+            assert_eq!(got, want, "{e:?} temp={temp}");
+        }
+    }
+}

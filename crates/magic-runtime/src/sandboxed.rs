@@ -29,49 +29,94 @@ pub fn isolation_layers() -> Vec<Layer> {
 /// Processes and threads one execution may have at once (fork bombs stop here).
 pub const PIDS_PER_EXECUTION: u64 = 64;
 /// Spare children kept ready per version.
-pub const SPARES: usize = 2;
+pub const SPARES: usize = 4;
 
-/// Decide how `magic serve` isolates executions on this host. `Ok(None)` = inline mode.
-/// Refuses process mode when a required layer is missing, unless degraded isolation is
-/// explicitly allowed (then: rlimits without cgroups, or inline without namespaces).
+/// How `magic serve` will isolate executions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Refuse to start, with this message.
+    Refuse(String),
+    /// Run inline (not isolated), with a loud warning when `warn` is set.
+    Inline {
+        /// Why inline was chosen despite process mode being requested.
+        warn: Option<String>,
+    },
+    /// Run sandboxed; `without_cgroups` = rlimits only (loud warning).
+    Process {
+        /// Degraded: no usable cgroups.
+        without_cgroups: bool,
+    },
+}
+
+/// Pure decision from the requested mode, the probed layers and the override.
+pub fn decide(mode: ExecutionMode, layers: &[Layer], allow_degraded: bool) -> Decision {
+    if mode == ExecutionMode::Inline {
+        return Decision::Inline { warn: None };
+    }
+    let Some(missing) = missing_required(layers) else {
+        return Decision::Process {
+            without_cgroups: false,
+        };
+    };
+    if !allow_degraded {
+        return Decision::Refuse(format!(
+            "process mode needs isolation layers this host lacks: {missing}. Run as root on \
+             Linux with namespaces, seccomp and cgroups (see `magic doctor`), or set \
+             MAGIC_ALLOW_DEGRADED_ISOLATION=1 to run with weaker isolation"
+        ));
+    }
+    let cgroups_only = layers
+        .iter()
+        .filter(|l| l.required && !l.active)
+        .all(|l| l.name == "cgroups");
+    if cgroups_only {
+        Decision::Process {
+            without_cgroups: true,
+        }
+    } else {
+        Decision::Inline {
+            warn: Some(missing),
+        }
+    }
+}
+
+/// Decide how `magic serve` isolates executions on this host and start the sandbox.
+/// `Ok(None)` = inline mode. Refuses process mode when a required layer is missing, unless
+/// degraded isolation is explicitly allowed (then: rlimits without cgroups, or inline without
+/// namespaces), always with a loud warning.
 pub fn start_sandbox(
     config: &ServeConfig,
     python: &Path,
     sdk_dir: &Path,
     runtime_dir: &Path,
 ) -> Result<Option<Arc<Sandbox>>, String> {
-    if config.execution_mode == ExecutionMode::Inline {
-        tracing::warn!(
-            event = "isolation_degraded",
-            "CONTROLLER_EXECUTION_MODE=inline: executions are NOT isolated (development only)"
-        );
-        return Ok(None);
-    }
     let layers = magic_sandbox::probe();
-    let cgroups_only = layers
-        .iter()
-        .filter(|l| l.required && !l.active)
-        .all(|l| l.name == "cgroups");
-    if let Some(missing) = magic_sandbox::missing_required(&layers) {
-        if !config.allow_degraded_isolation {
-            return Err(format!(
-                "process mode needs isolation layers this host lacks: {missing}. Run as root on \
-                 Linux with namespaces, seccomp and cgroups (see `magic doctor`), or set \
-                 MAGIC_ALLOW_DEGRADED_ISOLATION=1 to run with weaker isolation"
-            ));
-        }
-        if !cgroups_only {
-            tracing::error!(
-                event = "isolation_degraded",
-                missing = %missing,
-                "MAGIC_ALLOW_DEGRADED_ISOLATION=1: process mode is impossible here; executions \
-                 run INLINE, NOT ISOLATED"
-            );
+    let without_cgroups = match decide(
+        config.execution_mode,
+        &layers,
+        config.allow_degraded_isolation,
+    ) {
+        Decision::Refuse(msg) => return Err(msg),
+        Decision::Inline { warn } => {
+            match warn {
+                None => tracing::warn!(
+                    event = "isolation_degraded",
+                    "CONTROLLER_EXECUTION_MODE=inline: executions are NOT isolated (development only)"
+                ),
+                Some(missing) => tracing::error!(
+                    event = "isolation_degraded",
+                    missing = %missing,
+                    "MAGIC_ALLOW_DEGRADED_ISOLATION=1: process mode is impossible here; \
+                     executions run INLINE, NOT ISOLATED"
+                ),
+            }
             return Ok(None);
         }
+        Decision::Process { without_cgroups } => without_cgroups,
+    };
+    if without_cgroups {
         tracing::error!(
             event = "isolation_degraded",
-            missing = %missing,
             "MAGIC_ALLOW_DEGRADED_ISOLATION=1: no usable cgroups; executions are limited by \
              rlimits only (memory via RLIMIT_AS, processes via RLIMIT_NPROC)"
         );
@@ -80,7 +125,7 @@ pub fn start_sandbox(
         python: python.to_path_buf(),
         sdk_dir: sdk_dir.to_path_buf(),
         work_dir: runtime_dir.to_path_buf(),
-        allow_without_cgroups: config.allow_degraded_isolation,
+        allow_without_cgroups: without_cgroups,
     })
     .map_err(|e| format!("process mode cannot start: {e}"))?;
     tracing::info!(event = "sandbox_ready", cgroups = ?sb.cgroup_layout(), "process mode: executions are sandboxed");
@@ -235,16 +280,26 @@ async fn fork(sb: &Arc<Sandbox>, pool: &Pool, v: &DeployedVersion) -> Result<Chi
 async fn fill(sb: Arc<Sandbox>, want: usize, pool: Arc<Pool>, v: Arc<DeployedVersion>) {
     loop {
         let have = pool.spares.lock().map(|s| s.len()).unwrap_or(usize::MAX);
-        if have >= want {
+        let need = want.saturating_sub(have);
+        if need == 0 {
             return;
         }
-        match fork(&sb, &pool, &v).await {
-            Ok(c) => {
-                if let Ok(mut s) = pool.spares.lock() {
-                    s.push(c);
+        // Several children at once: moving a process into a cgroup waits for an RCU grace
+        // period (milliseconds on v1), and concurrent moves share it.
+        let forks = (0..need).map(|_| fork(&sb, &pool, &v));
+        let mut failed = false;
+        for r in futures::future::join_all(forks).await {
+            match r {
+                Ok(c) => {
+                    if let Ok(mut s) = pool.spares.lock() {
+                        s.push(c);
+                    }
                 }
+                Err(_) => failed = true,
             }
-            Err(_) => return,
+        }
+        if failed {
+            return;
         }
     }
 }
@@ -258,4 +313,61 @@ pub async fn wait_oom(c: &Confined) -> bool {
         tokio::time::sleep(Duration::from_millis(4)).await;
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(name: &'static str, active: bool) -> Layer {
+        Layer {
+            name,
+            active,
+            required: true,
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn start_up_decisions() {
+        let all = vec![
+            layer("namespaces", true),
+            layer("seccomp", true),
+            layer("cgroups", true),
+        ];
+        let no_cg = vec![
+            layer("namespaces", true),
+            layer("seccomp", true),
+            layer("cgroups", false),
+        ];
+        let no_ns = vec![
+            layer("namespaces", false),
+            layer("seccomp", true),
+            layer("cgroups", true),
+        ];
+        let p = ExecutionMode::Process;
+        assert_eq!(
+            decide(p, &all, false),
+            Decision::Process {
+                without_cgroups: false
+            }
+        );
+        assert!(matches!(decide(p, &no_cg, false), Decision::Refuse(m) if m.contains("cgroups")));
+        assert_eq!(
+            decide(p, &no_cg, true),
+            Decision::Process {
+                without_cgroups: true
+            }
+        );
+        assert!(
+            matches!(decide(p, &no_ns, false), Decision::Refuse(m) if m.contains("namespaces"))
+        );
+        assert!(
+            matches!(decide(p, &no_ns, true), Decision::Inline { warn: Some(m) } if m.contains("namespaces"))
+        );
+        assert_eq!(
+            decide(ExecutionMode::Inline, &no_ns, false),
+            Decision::Inline { warn: None }
+        );
+    }
 }

@@ -222,14 +222,19 @@ pub struct CgroupPool {
 
 impl CgroupPool {
     /// Create the pool's base directories (and enable controllers on v2) with `prealloc` slots.
+    /// Empty pools left behind by runtimes that no longer run are removed first.
     pub fn new(layout: CgroupLayout, prealloc: usize) -> Result<Self, SandboxError> {
         let name = format!("magic-{}", std::process::id());
-        let bases: Vec<PathBuf> = match &layout {
-            CgroupLayout::V2(root) => vec![root.join(&name)],
+        let roots: Vec<PathBuf> = match &layout {
+            CgroupLayout::V2(root) => vec![root.clone()],
             CgroupLayout::V1 { memory, cpu, pids } => {
-                vec![memory.join(&name), cpu.join(&name), pids.join(&name)]
+                vec![memory.clone(), cpu.clone(), pids.clone()]
             }
         };
+        for r in &roots {
+            remove_stale_pools(r);
+        }
+        let bases: Vec<PathBuf> = roots.iter().map(|r| r.join(&name)).collect();
         for b in &bases {
             std::fs::create_dir_all(b)
                 .map_err(|e| SandboxError::Cgroup(format!("{}: {e}", b.display())))?;
@@ -313,6 +318,34 @@ impl CgroupPool {
     }
 }
 
+/// Whether `name` is a pool directory of a runtime whose process is gone.
+pub fn is_stale_pool(name: &str, pid_alive: impl Fn(u32) -> bool) -> bool {
+    name.strip_prefix("magic-")
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| pid != std::process::id() && !pid_alive(pid))
+}
+
+fn remove_stale_pools(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_stale_pool(&name, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
+            continue;
+        }
+        if let Ok(slots) = std::fs::read_dir(e.path()) {
+            for s in slots.flatten() {
+                if s.path().is_dir() {
+                    // rmdir fails (EBUSY) while a process is still inside: then it stays.
+                    let _ = std::fs::remove_dir(s.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
+}
+
 impl Drop for CgroupPool {
     fn drop(&mut self) {
         let slots: Vec<Slot> = self
@@ -354,6 +387,16 @@ mod tests {
             None
         );
         assert_eq!(choose_layout(None, Some(m), None, Some(q)), None);
+    }
+
+    #[test]
+    fn only_pools_of_dead_runtimes_are_stale() {
+        let me = std::process::id();
+        assert!(is_stale_pool("magic-12345", |_| false));
+        assert!(!is_stale_pool("magic-12345", |_| true));
+        assert!(!is_stale_pool(&format!("magic-{me}"), |_| false));
+        assert!(!is_stale_pool("system.slice", |_| false));
+        assert!(!is_stale_pool("magic-x", |_| false));
     }
 
     #[test]

@@ -118,3 +118,31 @@ return out"#;
     sb.release(child.confined);
     assert!(z.is_alive());
 }
+
+#[tokio::test]
+#[ignore = "timing probe: cargo test -p magic-sandbox --test zygote timing -- --ignored --nocapture"]
+async fn timing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let Some(sb) = sandbox(dir.path()) else {
+        return;
+    };
+    let pkg = package(dir.path(), "return {}");
+    let z = Zygote::start(&sb, spec(pkg, None)).await.expect("zygote");
+    eprintln!("zygote ready in {:?}", z.ready_in);
+    for _ in 0..10 {
+        let t = std::time::Instant::now();
+        let mut child = z.fork_child(&sb).await.expect("child");
+        let forked = t.elapsed();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let t2 = std::time::Instant::now();
+        let r = run(&mut child, serde_json::json!({})).await;
+        let ran = t2.elapsed();
+        let t3 = std::time::Instant::now();
+        sb.release(child.confined);
+        eprintln!(
+            "fork+hello+cgroup {forked:?}  execute {ran:?}  release {:?} {}",
+            t3.elapsed(),
+            r["ok"]
+        );
+    }
+}
