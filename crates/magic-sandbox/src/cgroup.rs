@@ -186,26 +186,33 @@ impl Slot {
             .unwrap_or_default()
     }
 
-    /// SIGKILL everything in the slot and wait (briefly) until it is empty. Returns whether it
-    /// is empty.
-    pub fn kill_all(&self) -> bool {
+    /// SIGKILL everything in the slot once, without waiting (safe on an async thread).
+    /// Returns how many processes were signalled.
+    pub fn signal_all(&self) -> usize {
         if self.v2 && std::fs::write(self.dirs[0].join("cgroup.kill"), "1").is_ok() {
-            // fall through to the wait below
+            return 1;
         }
-        for _ in 0..200 {
-            let pids = self.pids();
-            if pids.is_empty() {
+        let pids = self.pids();
+        for pid in &pids {
+            if *pid > 1 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        pids.len()
+    }
+
+    /// SIGKILL everything in the slot and wait (up to ~1 s) until it is empty. Blocking.
+    /// Returns whether it is empty.
+    pub fn kill_all(&self) -> bool {
+        for _ in 0..2000 {
+            if self.pids().is_empty() {
                 return true;
             }
-            for pid in pids {
-                if pid > 1 {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            self.signal_all();
+            std::thread::sleep(std::time::Duration::from_micros(500));
         }
         self.pids().is_empty()
     }

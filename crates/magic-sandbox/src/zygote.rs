@@ -420,10 +420,11 @@ pub struct Confined {
 
 impl Confined {
     /// SIGKILL the child and everything it started (its cgroup slot), never the zygote.
+    /// Does not wait: [`crate::Sandbox::release`] waits until the slot is empty.
     pub fn kill(&self) {
         match &self.slot {
             Some(s) => {
-                s.kill_all();
+                s.signal_all();
             }
             None => {
                 let _ = nix::sys::signal::kill(
