@@ -720,19 +720,46 @@ fn reap(pid: i32) -> String {
     }
 }
 
-/// Log what the zygote and its children write to stderr (bounded per line).
+/// Most stderr lines logged per zygote per [`STDERR_WINDOW`]; the rest are counted and dropped
+/// (a controller may write to descriptor 2 directly).
+pub const STDERR_LINES_PER_WINDOW: u32 = 100;
+/// The window of [`STDERR_LINES_PER_WINDOW`].
+pub const STDERR_WINDOW: Duration = Duration::from_secs(10);
+
+/// Log what the zygote and its children write to stderr (bounded per line and per window).
 fn spawn_stderr_logger(fd: OwnedFd, pid: i32) {
     let file = std::fs::File::from(fd);
     tokio::spawn(async move {
         let mut f = tokio::fs::File::from_std(file);
         let mut buf = vec![0u8; 16 * 1024];
+        let mut window = Instant::now();
+        let (mut logged, mut dropped) = (0u32, 0u64);
         loop {
             match f.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if window.elapsed() > STDERR_WINDOW {
+                        if dropped > 0 {
+                            tracing::warn!(
+                                zygote = pid,
+                                event = "sandbox_stderr",
+                                dropped,
+                                "sandbox stderr lines dropped"
+                            );
+                        }
+                        window = Instant::now();
+                        logged = 0;
+                        dropped = 0;
+                    }
                     let text = String::from_utf8_lossy(&buf[..n]);
                     for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        tracing::warn!(zygote = pid, event = "sandbox_stderr", "{line}");
+                        if logged < STDERR_LINES_PER_WINDOW {
+                            logged += 1;
+                            let line: String = line.chars().take(2048).collect();
+                            tracing::warn!(zygote = pid, event = "sandbox_stderr", "{line}");
+                        } else {
+                            dropped += 1;
+                        }
                     }
                 }
             }

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import time
 
 from magic import Controller, contract
@@ -136,6 +137,8 @@ def attack(name, inp):
         t("open /proc/1/exe", lambda: os.open("/proc/1/exe", os.O_RDONLY))
         t("listdir /proc", lambda: os.listdir("/proc"))
         t("/sys", lambda: os.listdir("/sys"))
+        t("write the interpreter", lambda: _write(sys.executable))
+        t("write libpython", lambda: _write(os.path.join(sys.base_prefix, "lib", "libpython3.so")))
     elif name == "runtime_fds":
         fds = _open_fds()
         dirs = [fd for fd, kind in fds if kind in ("dir", "reg")]
