@@ -148,12 +148,17 @@ pub fn probe() -> Vec<Layer> {
         },
         Layer {
             name: "user namespaces",
-            active: false,
-            required: false,
+            active: userns && ns_ok,
+            required: true,
             detail: if userns {
-                "available but not used: children run as uid 65534 without capabilities".into()
+                format!(
+                    "zygote is root only inside its own user namespace (host uid {}); children \
+                     are its uid 65534 (host {}) without capabilities",
+                    zygote::USERNS_HOST_BASE,
+                    zygote::USERNS_HOST_BASE + SANDBOX_ID
+                )
             } else {
-                "not available".into()
+                "not available (/proc/sys/user/max_user_namespaces is 0)".into()
             },
         },
     ]

@@ -78,6 +78,8 @@ struct Plan {
     dev_null: CString,
     hostname: &'static [u8],
     netns: RawFd,
+    sync_w: RawFd,
+    sync_r: RawFd,
     ctl: RawFd,
     stderr: RawFd,
     filter: Vec<u8>,
@@ -206,6 +208,8 @@ impl Plan {
             dev_null: cstr("/dev/null")?,
             hostname: b"magic-sandbox",
             netns: sb.netns.as_raw_fd(),
+            sync_w: -1,
+            sync_r: -1,
             ctl,
             stderr,
             filter: sb.zygote_bpf.clone(),
@@ -309,6 +313,22 @@ unsafe fn child_setup(p: &Plan) -> i32 {
         libc::sethostname(p.hostname.as_ptr().cast(), p.hostname.len()) == 0,
         14
     );
+    // Everything that needed host root is done: enter a new user namespace in which the
+    // zygote is root (host uid USERNS_HOST_BASE) and the children's 65534 is host
+    // USERNS_HOST_BASE + 65534. The runtime writes the maps, then lets us continue.
+    check!(libc::unshare(libc::CLONE_NEWUSER) == 0, 22);
+    let mut b = 0u8;
+    check!(
+        libc::write(p.sync_w, b"u".as_ptr().cast(), 1) == 1
+            && libc::read(p.sync_r, (&mut b as *mut u8).cast(), 1) == 1,
+        23
+    );
+    check!(
+        libc::setresgid(0, 0, 0) == 0
+            && libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setresuid(0, 0, 0) == 0,
+        24
+    );
     for cap in 0..64 {
         if !KEEP_CAPS.contains(&cap) {
             libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
@@ -373,6 +393,9 @@ pub fn step_name(code: i32) -> &'static str {
         16..=19 => "arranging descriptors",
         20 => "installing the seccomp filter",
         21 => "executing Python",
+        22 => "entering a user namespace",
+        23 => "waiting for the user namespace maps",
+        24 => "becoming root of the user namespace",
         _ => "unknown step",
     }
 }
@@ -459,7 +482,14 @@ impl Zygote {
         .map_err(|e| SandboxError::Setup(format!("control socket: {e}")))?;
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| SandboxError::Setup(format!("stderr pipe: {e}")))?;
-        let plan = Plan::new(sb, &spec, theirs.as_raw_fd(), err_w.as_raw_fd())?;
+        let mut plan = Plan::new(sb, &spec, theirs.as_raw_fd(), err_w.as_raw_fd())?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| SandboxError::Setup(format!("sync pipe: {e}")))
+        };
+        let ((up_r, up_w), (down_r, down_w)) = (pipe()?, pipe()?);
+        plan.sync_w = up_w.as_raw_fd();
+        plan.sync_r = down_r.as_raw_fd();
         let flags =
             libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
         // SAFETY: a raw clone without CLONE_VM behaves like fork. In the child only
@@ -483,11 +513,20 @@ impl Zygote {
         drop(theirs);
         drop(err_w);
         drop(plan);
+        drop(up_w);
+        drop(down_r);
         if pid < 0 {
             return Err(SandboxError::Setup(format!(
                 "clone: {}",
                 std::io::Error::last_os_error()
             )));
+        }
+        if let Err(e) = write_id_maps(pid, &up_r, &down_w) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(SandboxError::Setup(format!("{e} ({})", reap(pid))));
         }
         spawn_stderr_logger(err_r, pid);
         // SAFETY: the AsyncFd owns the descriptor and nothing else closes it while registered.
@@ -697,6 +736,29 @@ impl Drop for Zygote {
     }
 }
 
+/// Host uid/gid that uid/gid 0 of the sandbox's user namespace maps to (65536 ids).
+pub const USERNS_HOST_BASE: u32 = 100_000;
+
+/// `uid_map`/`gid_map` content: ids 0..65536 inside → `USERNS_HOST_BASE`.. on the host.
+pub fn id_map() -> String {
+    format!("0 {USERNS_HOST_BASE} 65536\n")
+}
+
+/// Wait for the cloned child to enter its user namespace, write its maps, let it continue.
+fn write_id_maps(pid: i32, up: &OwnedFd, down: &OwnedFd) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    match nix::unistd::read(up, &mut b) {
+        Ok(1) => {}
+        _ => return Err("the zygote did not reach its user namespace".into()),
+    }
+    for file in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{file}"), id_map())
+            .map_err(|e| format!("writing {file}: {e}"))?;
+    }
+    nix::unistd::write(down, b"g").map_err(|e| format!("releasing the zygote: {e}"))?;
+    Ok(())
+}
+
 fn set_nonblocking(fd: RawFd) {
     // SAFETY: fcntl on a descriptor we own; no memory is passed.
     unsafe {
@@ -783,6 +845,12 @@ mod tests {
             ]
         );
         assert!(ancestors(Path::new("/")).is_empty());
+    }
+
+    #[test]
+    fn the_user_namespace_maps_root_away_from_host_root() {
+        assert_eq!(id_map(), "0 100000 65536\n");
+        assert!(USERNS_HOST_BASE > 0);
     }
 
     #[test]

@@ -108,6 +108,28 @@ return out"#;
         .expect("zygote");
     eprintln!("zygote ready in {:?}", z.ready_in);
     let mut child = z.fork_child(&sb).await.expect("child");
+    // Host view: the zygote is not host root, the child is an unprivileged host uid.
+    let uid = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .expect("status")
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+            .expect("Uid line")
+    };
+    assert_eq!(uid(z.pid()), "100000");
+    assert_eq!(uid(child.confined.pid), "165534");
+    let caps =
+        std::fs::read_to_string(format!("/proc/{}/status", child.confined.pid)).expect("status");
+    for field in ["CapEff:", "CapPrm:", "CapAmb:"] {
+        let line = caps
+            .lines()
+            .find(|l| l.starts_with(field))
+            .expect("cap line");
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    assert!(caps.lines().any(|l| l == "NoNewPrivs:\t1"), "{caps}");
+    assert!(caps.lines().any(|l| l.starts_with("Seccomp:\t2")), "{caps}");
     let result = run(&mut child, serde_json::json!({})).await;
     eprintln!("{result}");
     assert_eq!(result["ok"], true, "{result}");
