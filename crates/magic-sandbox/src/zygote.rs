@@ -850,7 +850,6 @@ mod tests {
     #[test]
     fn the_user_namespace_maps_root_away_from_host_root() {
         assert_eq!(id_map(), "0 100000 65536\n");
-        assert!(USERNS_HOST_BASE > 0);
     }
 
     #[test]
