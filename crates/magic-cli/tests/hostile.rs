@@ -174,5 +174,7 @@ async fn a_deploy_starts_the_zygote_and_a_dead_zygote_is_restarted() {
             .await;
         assert_eq!(status, 200, "{body}");
     }
-    assert!(server.wait_log(&["zygote_restart", "HostileEscape"]).is_some());
+    assert!(server
+        .wait_log(&["zygote_restart", "HostileEscape"])
+        .is_some());
 }
