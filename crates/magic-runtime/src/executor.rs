@@ -416,7 +416,7 @@ impl Executor {
         if let (Some(child), Some(process)) = (sandboxed.take(), &self.process) {
             // Kill the child (only its own cgroup slot, never the zygote) and pool the slot.
             child.kill();
-            process.release(child);
+            process.release(child, version);
         }
         if let Some(task) = stderr_task {
             if let Ok(Ok(stderr)) = tokio::time::timeout(Duration::from_millis(50), task).await {

@@ -213,30 +213,42 @@ impl ProcessMode {
             Ok(g) => g.as_ref().is_some_and(|z| z.is_alive()),
             Err(_) => true,
         };
-        let spare = if zygote_alive {
-            pool.spares.lock().ok().and_then(|mut s| s.pop())
+        let (spare, left) = if zygote_alive {
+            pool.spares
+                .lock()
+                .map(|mut s| (s.pop(), s.len()))
+                .unwrap_or((None, 0))
         } else {
-            None
+            (None, 0)
         };
         let child = match spare {
             Some(c) => c,
             None => fork(&self.sandbox, &pool, v).await?,
         };
+        // Refill now only when no spare is left; otherwise after this execution ends (in
+        // `release`), so that forking does not compete with it for the CPU.
+        if left == 0 {
+            self.refill(pool, v.clone());
+        }
+        Ok(child)
+    }
+
+    fn refill(&self, pool: Arc<Pool>, v: Arc<DeployedVersion>) {
         if !pool.filling.swap(true, Ordering::SeqCst) {
-            let (sb, n, v) = (self.sandbox.clone(), self.spares, v.clone());
+            let (sb, n) = (self.sandbox.clone(), self.spares);
             tokio::spawn(async move {
                 fill(sb, n, pool.clone(), v).await;
                 pool.filling.store(false, Ordering::SeqCst);
             });
         }
-        Ok(child)
     }
 
     /// Kill what is left of an execution's child and pool its cgroup slot (off the request
-    /// path).
-    pub fn release(&self, c: Confined) {
+    /// path), then top up `v`'s spares.
+    pub fn release(&self, c: Confined, v: &Arc<DeployedVersion>) {
         let sb = self.sandbox.clone();
         tokio::task::spawn_blocking(move || sb.release(c));
+        self.refill(self.pool(v), v.clone());
     }
 }
 
@@ -255,7 +267,14 @@ async fn zygote(
             spares.clear();
         }
     }
-    let z = Zygote::start(sb, spec(v)).await.map_err(unavailable)?;
+    let z = match Zygote::start(sb, spec(v)).await {
+        Ok(z) => z,
+        Err(e) => {
+            // One more try: a start can fail while the host is briefly overloaded.
+            tracing::warn!(controller = %v.name, version = %v.version, error = %e, "zygote start failed; retrying once");
+            Zygote::start(sb, spec(v)).await.map_err(unavailable)?
+        }
+    };
     tracing::info!(controller = %v.name, version = %v.version, event = "zygote_ready",
         ready_ms = z.ready_in.as_secs_f64() * 1000.0, pid = z.pid());
     *guard = Some(z.clone());
