@@ -59,6 +59,9 @@ enum Command {
         /// The controller folder (contract.yaml + controller.py).
         dir: PathBuf,
     },
+    /// Print which isolation layers (namespaces, seccomp, cgroups, …) this host provides to
+    /// process mode; exit 1 when a required one is missing.
+    Doctor,
     /// Create a controller folder that validates and deploys as it is.
     Init {
         /// Controller name (`^[A-Za-z][A-Za-z0-9_]{0,63}$`).
@@ -264,9 +267,13 @@ struct ServeArgs {
     /// Executions in flight per controller.
     #[arg(long, env = "CONTROLLER_MAX_CONCURRENT", default_value_t = magic_runtime::config::DEFAULT_MAX_CONCURRENT)]
     max_concurrent: usize,
-    /// Isolation mode: `inline` (development, not isolated) until process mode lands.
-    #[arg(long, env = "CONTROLLER_EXECUTION_MODE", default_value = "inline")]
+    /// Isolation mode: `process` (sandboxed, the default) or `inline` (development only, not
+    /// isolated).
+    #[arg(long, env = "CONTROLLER_EXECUTION_MODE", default_value = "process")]
     execution_mode: String,
+    /// Start process mode even where an isolation layer is missing (loud warning).
+    #[arg(long, env = "MAGIC_ALLOW_DEGRADED_ISOLATION", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    allow_degraded_isolation: bool,
     /// Largest execute request body in bytes.
     #[arg(long, env = "MAGIC_MAX_BODY_BYTES", default_value_t = magic_runtime::config::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
@@ -301,6 +308,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Validate { dir } => Ok(validate(&dir)),
+        Command::Doctor => Ok(doctor()),
         Command::Init { name, dir } => {
             let dir = scaffold::init(&name, dir)?;
             println!("created {} — try: magic validate {0}", dir.display());
@@ -742,6 +750,35 @@ fn print_status(status: &serde_json::Value) {
     }
 }
 
+/// `magic doctor`: the isolation layers of this host, one per line.
+fn doctor() -> ExitCode {
+    let layers = magic_runtime::sandboxed::isolation_layers();
+    for l in &layers {
+        let mark = match (l.active, l.required) {
+            (true, _) => "active ",
+            (false, true) => "MISSING",
+            (false, false) => "unused ",
+        };
+        println!("{mark}  {:<28} {}", l.name, l.detail);
+    }
+    match magic_sandbox_missing(&layers) {
+        Some(m) => {
+            println!(
+                "process mode: refused here ({m}); MAGIC_ALLOW_DEGRADED_ISOLATION=1 overrides"
+            );
+            ExitCode::from(1)
+        }
+        None => {
+            println!("process mode: every required isolation layer is available");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn magic_sandbox_missing(layers: &[magic_runtime::sandboxed::Layer]) -> Option<String> {
+    magic_runtime::sandboxed::missing_required(layers)
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     magic_runtime::logging::init();
     let execution_mode = ExecutionMode::parse(&args.execution_mode)?;
@@ -758,6 +795,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.python = args.python;
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
+    config.allow_degraded_isolation = args.allow_degraded_isolation;
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

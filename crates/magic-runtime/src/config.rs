@@ -19,6 +19,9 @@ pub const MAX_DEPLOY_BODY: usize = 24 * 1024 * 1024;
 /// How executions are isolated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutionMode {
+    /// The default and production mode: a fresh child of a sandboxed per-version zygote per
+    /// execution (namespaces, read-only root, seccomp, no capabilities, a cgroup).
+    Process,
     /// A plain child process per execution, **not isolated**: development only.
     Inline,
 }
@@ -28,12 +31,7 @@ impl ExecutionMode {
     pub fn parse(s: &str) -> Result<ExecutionMode, ConfigError> {
         match s {
             "inline" => Ok(ExecutionMode::Inline),
-            "process" => Err(ConfigError::Invalid {
-                setting: "CONTROLLER_EXECUTION_MODE",
-                reason: "process mode (namespaces, seccomp, cgroups) is not available in this \
-                         build yet; use CONTROLLER_EXECUTION_MODE=inline for development"
-                    .into(),
-            }),
+            "process" => Ok(ExecutionMode::Process),
             other => Err(ConfigError::Invalid {
                 setting: "CONTROLLER_EXECUTION_MODE",
                 reason: format!("unknown mode {other:?}: expected process or inline"),
@@ -81,6 +79,9 @@ pub struct ServeConfig {
     /// The capability broker's settings (application database, Redis, master key, egress).
     /// Its `data_dir` is replaced by [`ServeConfig::data_dir`] at start.
     pub broker: magic_broker::BrokerConfig,
+    /// `MAGIC_ALLOW_DEGRADED_ISOLATION=1`: start process mode even where an isolation layer is
+    /// missing (rlimits instead of cgroups; inline without namespaces), with a loud warning.
+    pub allow_degraded_isolation: bool,
 }
 
 impl ServeConfig {
@@ -95,9 +96,10 @@ impl ServeConfig {
             redis_url: None,
             admin_api_key: None,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
-            execution_mode: ExecutionMode::Inline,
+            execution_mode: ExecutionMode::Process,
             max_body_bytes: DEFAULT_MAX_BODY,
             python: None,
+            allow_degraded_isolation: false,
         }
     }
 
@@ -158,7 +160,14 @@ mod tests {
             ExecutionMode::parse("inline").ok(),
             Some(ExecutionMode::Inline)
         );
-        assert!(ExecutionMode::parse("process").is_err());
+        assert_eq!(
+            ExecutionMode::parse("process").ok(),
+            Some(ExecutionMode::Process)
+        );
+        assert_eq!(
+            ServeConfig::new("/tmp/x".into()).execution_mode,
+            ExecutionMode::Process
+        );
         assert!(ExecutionMode::parse("thread").is_err());
     }
 

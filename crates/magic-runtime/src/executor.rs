@@ -53,6 +53,8 @@ pub struct Executor {
     temp_root: PathBuf,
     broker: Arc<CapabilityBroker>,
     metrics: Arc<Metrics>,
+    /// Process mode: the sandbox and one zygote pool per deployed version.
+    process: Option<Arc<crate::sandboxed::ProcessMode>>,
 }
 
 /// Find the Python interpreter once: `configured`, else `python3` on `PATH`, resolved to the
@@ -124,6 +126,47 @@ impl Executor {
             temp_root,
             broker,
             metrics,
+            process: None,
+        }
+    }
+
+    /// Run executions in process mode with `sandbox` (`None` keeps inline mode).
+    pub fn with_sandbox(
+        mut self,
+        sandbox: Option<Arc<magic_sandbox::Sandbox>>,
+        max_concurrent: usize,
+    ) -> Self {
+        self.process =
+            sandbox.map(|sb| Arc::new(crate::sandboxed::ProcessMode::new(sb, max_concurrent)));
+        self
+    }
+
+    /// The registry's warm hook for process mode (`None` in inline mode): starts a new
+    /// version's zygote and first spare before the version takes traffic.
+    pub fn warm_hook(&self) -> Option<crate::registry::WarmHook> {
+        let process = self.process.clone()?;
+        Some(Arc::new(move |version: Arc<DeployedVersion>| {
+            let process = process.clone();
+            Box::pin(async move {
+                if let Err(e) = process.prepare(&version).await {
+                    tracing::warn!(controller = %version.name, version = %version.version,
+                        error = %e.message, "could not start the new version's zygote ahead of traffic");
+                }
+            })
+        }))
+    }
+
+    /// Whether executions run sandboxed (process mode).
+    pub fn is_sandboxed(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Process mode: start `version`'s zygote and its first spare child now (hot deploy calls
+    /// this before the version takes traffic). Inline mode: nothing to do.
+    pub async fn prepare(&self, version: &Arc<DeployedVersion>) -> Result<(), ApiError> {
+        match &self.process {
+            Some(p) => p.prepare(version).await,
+            None => Ok(()),
         }
     }
 
@@ -137,8 +180,24 @@ impl Executor {
         let timeout = version.contract.resources.timeout;
         let started = Instant::now();
         let deadline = started + timeout;
+        if let Some(process) = &self.process {
+            let worker = match process.child(version).await {
+                Ok(c) => Worker::Sandboxed(c),
+                Err(e) => return failed(e),
+            };
+            let temp = crate::sandboxed::temp_size(version)
+                .map(|_| Path::new(magic_sandbox::zygote::TEMP_MOUNT));
+            let outcome = self
+                .run(request_id, version, input, deadline, temp, worker)
+                .await;
+            return outcome;
+        }
         let temp_dir = match self.make_temp_dir(request_id, version) {
             Ok(t) => t,
+            Err(e) => return failed(e),
+        };
+        let worker = match self.spawn(version, temp_dir.as_deref()) {
+            Ok((child, stream)) => Worker::Inline { child, stream },
             Err(e) => return failed(e),
         };
         let outcome = self
@@ -147,8 +206,8 @@ impl Executor {
                 version,
                 input,
                 deadline,
-                timeout,
                 temp_dir.as_deref(),
+                worker,
             )
             .await;
         if let Some(dir) = temp_dir {
@@ -187,29 +246,36 @@ impl Executor {
         version: &Arc<DeployedVersion>,
         input: &serde_json::Value,
         deadline: Instant,
-        timeout: Duration,
         temp_dir: Option<&Path>,
+        worker: Worker,
     ) -> ExecutionOutcome {
-        let (mut child, stream) = match self.spawn(version, temp_dir) {
-            Ok(x) => x,
-            Err(e) => return failed(e),
+        let timeout = version.contract.resources.timeout;
+        let (mut inline_child, stream, mut sandboxed) = match worker {
+            Worker::Inline { child, stream } => (Some(child), stream, None),
+            Worker::Sandboxed(c) => {
+                let (stream, confined) = c.split();
+                (None, stream, Some(confined))
+            }
         };
-        let pgid = child.id().map(|p| p as i32);
-        let stderr_task = child.stderr.take().map(|mut err| {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = err.read(&mut chunk).await {
-                    if n == 0 {
-                        break;
+        let pgid = inline_child.as_ref().and_then(|c| c.id()).map(|p| p as i32);
+        let stderr_task = inline_child
+            .as_mut()
+            .and_then(|c| c.stderr.take())
+            .map(|mut err| {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = err.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if buf.len() < MAX_STDERR {
+                            buf.extend_from_slice(&chunk[..n.min(MAX_STDERR - buf.len())]);
+                        }
                     }
-                    if buf.len() < MAX_STDERR {
-                        buf.extend_from_slice(&chunk[..n.min(MAX_STDERR - buf.len())]);
-                    }
-                }
-                String::from_utf8_lossy(&buf).into_owned()
-            })
-        });
+                    String::from_utf8_lossy(&buf).into_owned()
+                })
+            });
 
         let (reader, mut writer) = stream.into_split();
         let (frames_tx, mut frames) = mpsc::channel::<Result<FromWorker, FrameError>>(64);
@@ -280,9 +346,27 @@ impl Executor {
                             }
                         }
                         Some(Ok(FromWorker::Result { ok: true, output, .. })) => break 'run Ok(output),
-                        Some(Ok(FromWorker::Result { ok: false, error, .. })) => break 'run Err(controller_error(error)),
+                        Some(Ok(FromWorker::Result { ok: false, error, .. })) => {
+                            let limit = error.as_ref().and_then(|e| resource_error(e, temp_dir.is_some()));
+                            if let Some((code, resource)) = limit {
+                                let message = error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+                                break 'run Err(limit_error(&self.metrics, &ctx.controller, code, resource, message));
+                            }
+                            break 'run Err(controller_error(error))
+                        }
                         Some(Err(FrameError::Closed)) | None => {
-                            let status = wait_briefly(&mut child).await;
+                            if let Some(c) = &sandboxed {
+                                if crate::sandboxed::wait_oom(c).await {
+                                    break 'run Err(limit_error(&self.metrics, &ctx.controller, ErrorCode::MemoryExceeded, "memory", format!(
+                                        "the execution was killed for exceeding the contract's memory limit of {} bytes",
+                                        version.contract.resources.memory)));
+                                }
+                                break 'run Err(worker_failed("the controller's worker exited without a result".into()));
+                            }
+                            let status = match inline_child.as_mut() {
+                                Some(child) => wait_briefly(child).await,
+                                None => "gone".into(),
+                            };
                             break 'run Err(worker_failed(format!("the controller's worker exited without a result ({status})")));
                         }
                         Some(Err(e)) => break 'run Err(worker_failed(format!("protocol error from the worker: {e}"))),
@@ -324,9 +408,16 @@ impl Executor {
         if let Some(pgid) = pgid {
             kill_group(pgid);
         }
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        if let Some(mut child) = inline_child {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+        if let (Some(child), Some(process)) = (sandboxed.take(), &self.process) {
+            // Kill the child (only its own cgroup slot, never the zygote) and pool the slot.
+            child.kill();
+            process.release(child, version);
+        }
         if let Some(task) = stderr_task {
             if let Ok(Ok(stderr)) = tokio::time::timeout(Duration::from_millis(50), task).await {
                 if !stderr.trim().is_empty() {
@@ -389,6 +480,47 @@ impl Executor {
             .map_err(|e| unavailable("cannot register the execution socket", e))?;
         Ok((child, stream))
     }
+}
+
+/// A started worker: an inline child process or a sandboxed child of a zygote.
+enum Worker {
+    Inline {
+        child: tokio::process::Child,
+        stream: tokio::net::UnixStream,
+    },
+    Sandboxed(magic_sandbox::Child),
+}
+
+/// Which resource limit an error `result` from the worker reports, if any: `MemoryError`
+/// (RLIMIT_AS where there is no cgroup) → E3002; `ENOSPC` on the temp tmpfs → E3003.
+fn resource_error(e: &WireError, has_temp: bool) -> Option<(ErrorCode, &'static str)> {
+    if e.code != ErrorCode::ControllerFailed.as_str() {
+        return None;
+    }
+    let exception = e.exception.as_deref().unwrap_or("");
+    if exception == "MemoryError" {
+        return Some((ErrorCode::MemoryExceeded, "memory"));
+    }
+    let os_error = matches!(exception, "OSError" | "IOError");
+    if has_temp && os_error && e.message.contains("[Errno 28]") {
+        return Some((ErrorCode::TempDiskExceeded, "temp_disk"));
+    }
+    None
+}
+
+fn limit_error(
+    metrics: &Metrics,
+    controller: &str,
+    code: ErrorCode,
+    resource: &str,
+    message: String,
+) -> ApiError {
+    metrics
+        .resource_limit_exceeded
+        .with_label_values(&[controller, resource])
+        .inc();
+    tracing::warn!(controller = %controller, event = "resource_limit_exceeded", resource = %resource, code = code.as_str());
+    ApiError::new(code, message)
 }
 
 fn failed(e: ApiError) -> ExecutionOutcome {
@@ -481,5 +613,45 @@ fn humanize(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(code: &str, exception: &str, message: &str) -> WireError {
+        WireError {
+            code: code.into(),
+            message: message.into(),
+            details: None,
+            exception: Some(exception.into()),
+            traceback: None,
+        }
+    }
+
+    #[test]
+    fn resource_errors_from_the_worker() {
+        let enospc = "OSError: [Errno 28] No space left on device";
+        let cases = [
+            (wire("E5001", "MemoryError", ""), true, Some("E3002")),
+            (wire("E5001", "OSError", enospc), true, Some("E3003")),
+            (wire("E5001", "OSError", enospc), false, None),
+            (
+                wire(
+                    "E5001",
+                    "OSError",
+                    "OSError: [Errno 30] Read-only file system",
+                ),
+                true,
+                None,
+            ),
+            (wire("E5001", "ValueError", enospc), true, None),
+            (wire("E2001", "MemoryError", ""), true, None),
+        ];
+        for (e, temp, want) in cases {
+            let got = resource_error(&e, temp).map(|(c, _)| c.as_str());
+            assert_eq!(got, want, "{e:?} temp={temp}");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod sandboxed;
 mod spawn;
 pub mod triggers;
 
@@ -58,6 +59,9 @@ pub enum StartError {
     /// Python could not be found or is too old.
     #[error("python: {0}")]
     Python(String),
+    /// Process mode cannot isolate executions on this host.
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     /// Files in the data dir could not be written.
     #[error("data dir: {0}")]
     DataDir(std::io::Error),
@@ -173,7 +177,13 @@ impl Runtime {
         broker_config.data_dir = config.data_dir.clone();
         let broker =
             Arc::new(CapabilityBroker::connect(broker_config, audit.clone(), store.clone()).await?);
-        let executor = Executor::new(python, sdk_dir, temp_root, broker.clone(), metrics.clone());
+        let sandbox = sandboxed::start_sandbox(&config, &python, &sdk_dir, &runtime_dir)
+            .map_err(StartError::Sandbox)?;
+        let executor = Executor::new(python, sdk_dir, temp_root, broker.clone(), metrics.clone())
+            .with_sandbox(sandbox, config.max_concurrent);
+        if let Some(hook) = executor.warm_hook() {
+            registry.set_warm_hook(hook);
+        }
         Ok(Arc::new(Runtime {
             config,
             store,

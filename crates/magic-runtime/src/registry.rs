@@ -148,7 +148,17 @@ pub struct Registry {
     controllers: RwLock<HashMap<String, ControllerEntry>>,
     /// Serializes deploys and rollbacks (reads never wait for it).
     admin: tokio::sync::Mutex<()>,
+    /// Called with a new version before it takes traffic (process mode: start its zygote).
+    warm: std::sync::OnceLock<WarmHook>,
 }
+
+/// Prepares a deployed version to serve before it becomes visible (see
+/// [`Registry::set_warm_hook`]).
+pub type WarmHook = Arc<
+    dyn Fn(Arc<DeployedVersion>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Capability names of a contract, in declaration order.
 pub fn capability_names(contract: &Contract) -> Vec<String> {
@@ -200,6 +210,12 @@ fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Registry {
+    /// Run `hook` on every newly deployed version before it becomes the active one (hot
+    /// deploy: the new version's zygote is up before traffic switches). Set once.
+    pub fn set_warm_hook(&self, hook: WarmHook) {
+        let _ = self.warm.set(hook);
+    }
+
     /// Open the registry: apply migrations and load every version from the store.
     pub async fn open(
         store: Store,
@@ -216,6 +232,7 @@ impl Registry {
             max_concurrent,
             controllers: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
+            warm: std::sync::OnceLock::new(),
         };
         registry.reload().await?;
         Ok(registry)
@@ -528,6 +545,9 @@ impl Registry {
         // Ready before visible: the package is on disk before any request can pick it.
         let loaded =
             Arc::new(self.load_version(&package.files, &digest, now.clone(), actor.into())?);
+        if let Some(warm) = self.warm.get() {
+            warm(loaded.clone()).await;
+        }
 
         let mut tx = self
             .store

@@ -1,0 +1,118 @@
+# Magic Runtime zygote: one per controller version, started by magic-sandbox inside fresh
+# mount/PID/IPC/UTS namespaces, the shared empty network namespace, a read-only root, with
+# no_new_privs and the zygote seccomp filter already installed.
+#
+# It imports the SDK once and then forks one child per socket the runtime sends on the control
+# socket (fd 3). It never runs controller code itself: each child first gives itself a private
+# /tmp (when declared), becomes the sandbox uid (dropping every capability), stacks the child
+# seccomp filter, tells the runtime it exists (the runtime then moves it into its cgroup), and
+# only then imports controller.py and serves exactly one execution.
+import ctypes
+import gc
+import os
+import resource
+import signal
+import socket
+import sys
+
+SDK, PKG = sys.argv[1], sys.argv[2]
+TEMP_SIZE = int(sys.argv[3])
+UID, GID = int(sys.argv[4]), int(sys.argv[5])
+RLIMIT_AS_BYTES = int(sys.argv[6])
+RLIMIT_NPROC_N = int(sys.argv[7])
+
+sys.path[:0] = [SDK]
+sys.dont_write_bytecode = True
+from magic import worker as W  # noqa: E402  (the SDK, imported once)
+import asyncio  # noqa: E402,F401
+import json  # noqa: E402,F401
+
+CLONE_NEWNS = 0x00020000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+
+libc = ctypes.CDLL(None, use_errno=True)
+ctl = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, fileno=3)
+
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Children are reaped by the kernel; the runtime learns of their end from their socket.
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+
+class _Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_bpf = ctl.recv(1 << 20)
+_bpf_buf = ctypes.create_string_buffer(_bpf, len(_bpf))
+_fprog = _Fprog(len(_bpf) // 8, ctypes.addressof(_bpf_buf))
+_mount_opts = b"size=%d,nr_inodes=16384,mode=0700,uid=%d,gid=%d" % (TEMP_SIZE, UID, GID)
+
+W.install_output_capture()
+gc.collect()
+gc.freeze()
+ctl.send(b"R")
+
+
+def _die(step):
+    try:
+        os.write(2, b"magic zygote child: %s failed (errno %d)\n" % (step, ctypes.get_errno()))
+    finally:
+        os._exit(4)
+
+
+def _child(fd):
+    ctl.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if TEMP_SIZE > 0:
+        if libc.unshare(CLONE_NEWNS) != 0:
+            _die(b"unshare")
+        if libc.mount(b"tmpfs", b"/tmp", b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, _mount_opts) != 0:
+            _die(b"mount tmpfs")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+    if RLIMIT_AS_BYTES > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (RLIMIT_AS_BYTES, RLIMIT_AS_BYTES))
+    if RLIMIT_NPROC_N > 0:
+        resource.setrlimit(resource.RLIMIT_NPROC, (RLIMIT_NPROC_N, RLIMIT_NPROC_N))
+    os.setgroups([])
+    os.setresgid(GID, GID, GID)
+    os.setresuid(UID, UID, UID)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(_fprog), 0, 0) != 0:
+        _die(b"seccomp")
+    os.set_inheritable(fd, False)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fileno=fd)
+    sock.sendall(b"H")
+    if sock.recv(1) != b"G":
+        os._exit(3)
+    if TEMP_SIZE > 0:
+        os.chdir("/tmp")
+    try:
+        cls, err = W.load_controller(PKG), None
+    except W.ControllerLoadError as exc:
+        cls, err = None, exc
+    os._exit(W.serve(sock, cls, err))
+
+
+while True:
+    try:
+        data, fds, _flags, _addr = socket.recv_fds(ctl, 16, 4)
+    except InterruptedError:
+        continue
+    except OSError:
+        os._exit(0)
+    if not data:
+        os._exit(0)
+    for fd in fds:
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(fd)
+            continue
+        if pid == 0:
+            try:
+                _child(fd)
+            except BaseException:
+                pass
+            os._exit(1)
+        os.close(fd)

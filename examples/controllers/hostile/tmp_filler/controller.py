@@ -1,0 +1,23 @@
+"""`fill`: write 8 MiB into a 1M temp dir. `remember`/`recall`: leave a file in the temp dir
+and look for the previous execution's file."""
+import os
+
+from magic import Controller, contract
+
+
+@contract("./contract.yaml")
+class HostileTmpFiller(Controller):
+    async def execute(self, input):
+        tmp = self.temp_dir
+        mode = input.get("mode", "fill")
+        if mode == "fill":
+            with open(os.path.join(tmp, "big"), "wb") as f:
+                for _ in range(8):
+                    f.write(b"x" * (1 << 20))
+                    f.flush()
+                    os.fsync(f.fileno())
+            return {"wrote_mib": 8}
+        found = sorted(os.listdir(tmp))
+        with open(os.path.join(tmp, "left-behind"), "w") as f:
+            f.write("state")
+        return {"temp_dir": str(tmp), "found": found}
