@@ -95,6 +95,7 @@ async fn run(
         }),
         deadline: Instant::now() + Duration::from_secs(3600),
         temp_dir: None,
+        traceparent: None,
     };
     let sql = if pg {
         format!(

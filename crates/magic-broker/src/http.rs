@@ -192,6 +192,7 @@ impl CapabilityModule for HttpModule {
             headers,
             body,
             request_id: ctx.request_id.clone(),
+            traceparent: ctx.traceparent.clone(),
             deadline,
         };
         let started = Instant::now();

@@ -50,6 +50,8 @@ pub struct ExecutionContext {
     pub deadline: Instant,
     /// The execution's private temp dir, when `fs:temp` is declared.
     pub temp_dir: Option<PathBuf>,
+    /// W3C `traceparent` to propagate on egress (the execution's span in the caller's trace).
+    pub traceparent: Option<String>,
 }
 
 /// One capability call as it arrives from the worker (`docs/protocol.md`, `call` frame).

@@ -11,14 +11,25 @@ use common::{code, contract, write_controller, Server};
 
 /// HTTP server on 127.0.0.1: `/ok` answers 200 JSON; `/redirect?to=URL` answers 302 to URL.
 /// Counts the requests it serves so a test can prove a refused call never arrived.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 fn server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (port, hits, _) = server_seeing_traceparents();
+    (port, hits)
+}
+
+/// The same server, also keeping every `traceparent` header it received.
+fn server_seeing_traceparents() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen: Seen = Default::default();
     let counter = hits.clone();
+    let seen_by_server = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let seen = seen_by_server.clone();
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut request_line = String::new();
@@ -27,6 +38,9 @@ fn server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                     let mut line = String::new();
                     if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
                         break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("traceparent:") {
+                        seen.lock().unwrap().push(v.trim().to_string());
                     }
                 }
                 let path = request_line
@@ -48,7 +62,7 @@ fn server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
             });
         }
     });
-    (port, hits)
+    (port, hits, seen)
 }
 
 const FETCH: &str = "        r = await self.http.get(input[\"url\"], timeout=5)\n        return {\"greeting\": str(r.status)}";
@@ -201,4 +215,75 @@ async fn allowed_and_refused_destinations_through_a_controller() {
         "one violation record per refused attempt"
     );
     assert!(egress_records.iter().any(|r| r["outcome"] == "E2008"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_callers_trace_is_continued_on_egress_logs_and_audit() {
+    let (port, _, seen) = server_seeing_traceparents();
+    let server = Server::start(&[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let allow = format!("capabilities:\n  - http:egress: {{ allow: [\"http://localhost:{port}\"], allow_ips: [\"127.0.0.1\", \"::1\"] }}\n");
+    let dir = tmp.path().join("fetch");
+    write_controller(
+        &dir,
+        &contract("Traced", "1.0.0", "greeting", &allow),
+        &code("Traced", FETCH),
+    );
+    assert!(server
+        .cli(&["deploy", dir.to_str().unwrap()])
+        .status
+        .success());
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let input = serde_json::json!({ "url": format!("http://localhost:{port}/ok") }).to_string();
+    let (status, _, body) = server
+        .post_with(
+            "/api/execute/Traced",
+            &input,
+            &[
+                ("x-api-key", common::ADMIN_KEY),
+                ("traceparent", &caller),
+                ("x-request-id", "req_traced"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let received = seen.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "{received:?}");
+    let parts: Vec<&str> = received[0].split('-').collect();
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", trace_id, "01"),
+        "{received:?}"
+    );
+    assert_ne!(
+        parts[2], "00f067aa0ba902b7",
+        "egress carries the execution's own span"
+    );
+    let line = server
+        .wait_log(&["execution_completed", "req_traced"])
+        .expect("log line");
+    assert_eq!(line["trace_id"], trace_id);
+    let tail = String::from_utf8_lossy(&server.cli(&["audit", "tail", "--last", "50"]).stdout)
+        .into_owned();
+    assert!(tail.contains(trace_id), "audit records lack the trace id");
+
+    // A malformed traceparent is replaced by a fresh trace, never forwarded.
+    let (status, _, _) = server
+        .post_with(
+            "/api/execute/Traced",
+            &input,
+            &[
+                ("x-api-key", common::ADMIN_KEY),
+                ("traceparent", "00-zz-bad-01"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let received = seen.lock().unwrap().clone();
+    assert_eq!(received.len(), 2);
+    assert!(
+        !received[1].contains("zz") && received[1].split('-').nth(1).unwrap().len() == 32,
+        "{received:?}"
+    );
 }

@@ -61,6 +61,8 @@ pub struct EgressRequest {
     pub body: Option<Vec<u8>>,
     /// Propagated as `X-Request-ID`.
     pub request_id: String,
+    /// W3C `traceparent` of the execution, propagated as is (replacing a controller's own).
+    pub traceparent: Option<String>,
     /// The execution's deadline; the request never outlives it.
     pub deadline: Instant,
 }
@@ -385,6 +387,12 @@ impl Egress {
         let rid = http::HeaderValue::from_str(&request.request_id)
             .map_err(|_| EgressError::InvalidRequest("request id is not a header value".into()))?;
         headers.insert("x-request-id", rid);
+        if let Some(tp) = &request.traceparent {
+            let tp = http::HeaderValue::from_str(tp).map_err(|_| {
+                EgressError::InvalidRequest("traceparent is not a header value".into())
+            })?;
+            headers.insert("traceparent", tp);
+        }
 
         let mut builder = client
             .request(method, url)

@@ -354,8 +354,11 @@ impl Runtime {
             ));
         };
         let started = std::time::Instant::now();
+        let trace = crate::trace::TraceContext::continue_or_start(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        );
         let outcome = self
-            .execute_admitted(request_id, &deployed, identity, headers, body)
+            .execute_admitted(request_id, &deployed, identity, (headers, &trace), body)
             .await;
         let duration = started.elapsed();
         let (result, used) = match outcome {
@@ -386,11 +389,11 @@ impl Runtime {
         let version_str = deployed.version.to_string();
         match &result {
             Ok(_) => tracing::info!(
-                controller = name, version = %version_str, request_id, event = "execution_completed",
+                controller = name, version = %version_str, request_id, trace_id = %trace.trace_id, event = "execution_completed",
                 status, duration_ms, capabilities_used = %used_json, actor = %identity.name
             ),
             Err(e) => tracing::warn!(
-                controller = name, version = %version_str, request_id, event = "execution_completed",
+                controller = name, version = %version_str, request_id, trace_id = %trace.trace_id, event = "execution_completed",
                 status, error_code = e.code.as_str(), error = %e.message, duration_ms,
                 capabilities_used = %used_json, actor = %identity.name
             ),
@@ -414,7 +417,7 @@ impl Runtime {
         request_id: &str,
         deployed: &Arc<crate::registry::DeployedVersion>,
         identity: &Identity,
-        headers: &HeaderMap,
+        (headers, trace): (&HeaderMap, &crate::trace::TraceContext),
         body: Body,
     ) -> Result<(serde_json::Value, Vec<String>), (ApiError, Vec<String>)> {
         let bytes = read_body(body, headers, self.config.max_body_bytes)
@@ -442,15 +445,21 @@ impl Runtime {
                 vec![],
             ));
         }
-        let base = crate::audit_event(
+        let mut base = crate::audit_event(
             "execution_start",
             request_id,
             Some(deployed.as_ref()),
             Some(&identity.name),
         );
+        base.details = serde_json::json!({
+            "trace_id": trace.trace_id, "span_id": trace.span_id, "parent_span_id": trace.parent_id
+        });
         self.audit(base.clone()).await.map_err(|e| (e, vec![]))?;
 
-        let outcome = self.executor.execute(request_id, deployed, &input).await;
+        let outcome = self
+            .executor
+            .execute(request_id, deployed, &input, Some(&trace.traceparent()))
+            .await;
         let used = outcome.capabilities_used;
         let result = outcome.result.and_then(|output| {
             deployed
@@ -481,7 +490,7 @@ impl Runtime {
                     "execution_error".into()
                 };
                 end.outcome = Some(e.code.as_str().into());
-                end.details = serde_json::json!({ "message": e.message });
+                end.details["message"] = e.message.clone().into();
             }
         }
         end.details["capabilities_used"] = serde_json::json!(used);

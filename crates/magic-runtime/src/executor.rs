@@ -170,12 +170,14 @@ impl Executor {
         }
     }
 
-    /// Run one execution of `version` with an already validated `input`.
+    /// Run one execution of `version` with an already validated `input`; `traceparent` is the
+    /// execution's span, propagated on egress.
     pub async fn execute(
         &self,
         request_id: &str,
         version: &Arc<DeployedVersion>,
         input: &serde_json::Value,
+        traceparent: Option<&str>,
     ) -> ExecutionOutcome {
         let timeout = version.contract.resources.timeout;
         let started = Instant::now();
@@ -188,7 +190,14 @@ impl Executor {
             let temp = crate::sandboxed::temp_size(version)
                 .map(|_| Path::new(magic_sandbox::zygote::TEMP_MOUNT));
             let outcome = self
-                .run(request_id, version, input, deadline, temp, worker)
+                .run(
+                    (request_id, traceparent),
+                    version,
+                    input,
+                    deadline,
+                    temp,
+                    worker,
+                )
                 .await;
             return outcome;
         }
@@ -202,7 +211,7 @@ impl Executor {
         };
         let outcome = self
             .run(
-                request_id,
+                (request_id, traceparent),
                 version,
                 input,
                 deadline,
@@ -242,7 +251,7 @@ impl Executor {
 
     async fn run(
         &self,
-        request_id: &str,
+        (request_id, traceparent): (&str, Option<&str>),
         version: &Arc<DeployedVersion>,
         input: &serde_json::Value,
         deadline: Instant,
@@ -298,6 +307,7 @@ impl Executor {
             contract: version.contract.clone(),
             deadline,
             temp_dir: temp_dir.map(Path::to_path_buf),
+            traceparent: traceparent.map(str::to_string),
         });
         let version_str = version.version.to_string();
         let execute = ToWorker::Execute {

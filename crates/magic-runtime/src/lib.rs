@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod registry;
 pub mod sandboxed;
 mod spawn;
+pub mod trace;
 pub mod triggers;
 
 use std::net::SocketAddr;

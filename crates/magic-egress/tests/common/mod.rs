@@ -252,6 +252,7 @@ pub fn get(url: &str) -> EgressRequest {
         headers: BTreeMap::new(),
         body: None,
         request_id: "req-test-1".into(),
+        traceparent: None,
         deadline: Instant::now() + Duration::from_secs(10),
     }
 }
