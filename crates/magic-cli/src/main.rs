@@ -727,7 +727,7 @@ fn print_status(status: &serde_json::Value) {
         status["active_version"].as_str().unwrap_or_default()
     );
     println!(
-        "  {:<2}{:<12} {:<28} {:<16} CAPABILITIES",
+        "  {:<2}{:<12} {:<28} {:<24} CAPABILITIES",
         "", "VERSION", "DEPLOYED", "BY"
     );
     for v in status["versions"].as_array().cloned().unwrap_or_default() {
