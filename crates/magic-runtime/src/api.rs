@@ -600,10 +600,10 @@ async fn deploy(
     require_admin(&identity, &rid)?;
     let bytes = read_body(body, &headers, crate::config::MAX_DEPLOY_BODY)
         .await
-        .map_err(|e| fail(&rid, e.with_details(serde_json::json!({}))))
-        .map_err(|mut f| {
-            f.error.code = ErrorCode::ContractInvalid;
-            f
+        .map_err(|mut e| {
+            // A package that cannot be read is an invalid package (413 stays 413).
+            e.code = ErrorCode::ContractInvalid;
+            fail(&rid, e)
         })?;
     let upload: PackageFiles = serde_json::from_slice(&bytes).map_err(|e| {
         fail(
