@@ -541,6 +541,16 @@ async fn invalid_packages_are_refused_with_every_problem() {
     );
     let (status, _, _) = server.post("/api/admin/controllers", "garbage").await;
     assert_eq!(status, 400);
+    let huge = format!(
+        "{{\"files\": {{\"x\": \"{}\"}}}}",
+        "A".repeat(25 * 1024 * 1024)
+    );
+    let (status, _, resp) = server.post("/api/admin/controllers", &huge).await;
+    assert_eq!(
+        (status, resp["error"]["code"].as_str()),
+        (413, Some("E1004")),
+        "{resp}"
+    );
     assert!(!server.data_dir.join("escape.py").exists());
     assert!(!server.data_dir.join("packages/escape.py").exists());
 }
