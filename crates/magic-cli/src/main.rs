@@ -277,6 +277,9 @@ struct ServeArgs {
     /// Largest execute request body in bytes.
     #[arg(long, env = "MAGIC_MAX_BODY_BYTES", default_value_t = magic_runtime::config::DEFAULT_MAX_BODY)]
     max_body_bytes: usize,
+    /// How often (ms) to pick up deploys and rollbacks made by other nodes on the same store.
+    #[arg(long, env = "MAGIC_REGISTRY_SYNC_MS", default_value_t = 500)]
+    registry_sync_ms: u64,
     /// Python interpreter for controllers (default: python3 on PATH).
     #[arg(long, env = "MAGIC_PYTHON")]
     python: Option<PathBuf>,
@@ -793,6 +796,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.execution_mode = execution_mode;
     config.max_body_bytes = args.max_body_bytes;
     config.python = args.python;
+    config.registry_sync = std::time::Duration::from_millis(args.registry_sync_ms.max(50));
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
     config.allow_degraded_isolation = args.allow_degraded_isolation;

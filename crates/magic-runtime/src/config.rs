@@ -74,6 +74,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Python interpreter (`MAGIC_PYTHON`, else `python3` on PATH).
     pub python: Option<PathBuf>,
+    /// How often the registry checks the store for deploys and rollbacks made by other nodes
+    /// (`MAGIC_REGISTRY_SYNC_MS`).
+    pub registry_sync: std::time::Duration,
     /// The audit log's settings (`AUDIT_*`).
     pub audit: magic_audit::AuditConfig,
     /// The capability broker's settings (application database, Redis, master key, egress).
@@ -88,6 +91,7 @@ impl ServeConfig {
     /// Defaults for a data dir (tests and embedded use).
     pub fn new(data_dir: PathBuf) -> Self {
         ServeConfig {
+            registry_sync: std::time::Duration::from_millis(500),
             audit: magic_audit::AuditConfig::new(&data_dir),
             broker: magic_broker::BrokerConfig::new(data_dir.clone()),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),

@@ -260,6 +260,26 @@ impl Runtime {
     }
 }
 
+/// Poll the store for deploys and rollbacks made by other nodes (holds the runtime weakly).
+fn spawn_registry_sync(runtime: &Arc<Runtime>) {
+    let weak = Arc::downgrade(runtime);
+    let every = runtime.config.registry_sync;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(rt) = weak.upgrade() else { return };
+            match rt.registry.sync().await {
+                Ok(true) => tracing::info!(
+                    event = "registry_synced",
+                    "picked up a deploy or rollback made by another node"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(event = "registry_sync_failed", error = %e.message),
+            }
+        }
+    });
+}
+
 /// Start the runtime and serve until `shutdown` resolves. Returns the bound address through
 /// `on_listening` before serving (useful with port 0).
 pub async fn serve(
@@ -284,6 +304,7 @@ pub async fn serve(
         .start_all(&runtime)
         .await
         .map_err(StartError::Registry)?;
+    spawn_registry_sync(&runtime);
     on_listening(addr, &runtime);
     let app = api::router(runtime.clone());
     let served = axum::serve(listener, app)

@@ -148,6 +148,8 @@ pub struct Registry {
     controllers: RwLock<HashMap<String, ControllerEntry>>,
     /// Serializes deploys and rollbacks (reads never wait for it).
     admin: tokio::sync::Mutex<()>,
+    /// Store fingerprint at the last [`Registry::sync`].
+    synced: std::sync::Mutex<String>,
     /// Called with a new version before it takes traffic (process mode: start its zygote).
     warm: std::sync::OnceLock<WarmHook>,
 }
@@ -232,17 +234,20 @@ impl Registry {
             max_concurrent,
             controllers: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
+            synced: std::sync::Mutex::new(String::new()),
             warm: std::sync::OnceLock::new(),
         };
         registry.reload().await?;
         Ok(registry)
     }
 
-    /// Re-read every controller and version from the store.
+    /// Re-read every controller and version from the store. Versions already loaded (same
+    /// name, version and digest) are reused as they are; new ones are loaded from their stored
+    /// package. Active versions that changed are warmed (their zygote started) before traffic
+    /// switches to them.
     pub async fn reload(&self) -> Result<(), ApiError> {
-        let rows: Vec<(String, String, String, String, String, String, String)> = sqlx::query_as(
-            "SELECT name, version, digest, contract_yaml, files, deployed_at, deployed_by \
-             FROM controller_versions",
+        let rows: Vec<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT name, version, digest, deployed_at, deployed_by FROM controller_versions",
         )
         .fetch_all(self.store.pool())
         .await
@@ -253,35 +258,40 @@ impl Registry {
                 .await
                 .map_err(|e| internal("loading controllers", e))?;
         let active: HashMap<String, String> = active.into_iter().collect();
-
-        let mut versions: HashMap<String, BTreeMap<semver::Version, Arc<DeployedVersion>>> =
-            HashMap::new();
-        for (name, version, digest, _contract_yaml, files, deployed_at, deployed_by) in rows {
-            let files = match decode_files(&files) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(controller = %name, version = %version, error = %e, "stored package unreadable; skipped");
-                    continue;
-                }
-            };
-            match self.load_version(&files, &digest, deployed_at, deployed_by) {
-                Ok(v) => {
-                    versions
-                        .entry(name)
-                        .or_default()
-                        .insert(v.version.clone(), Arc::new(v));
-                }
-                Err(e) => {
-                    tracing::error!(controller = %name, version = %version, error = %e, "stored version failed to load; skipped");
-                }
-            }
-        }
-        let mut map = HashMap::new();
         let old = self
             .controllers
             .read()
             .map(|m| m.clone())
             .unwrap_or_default();
+
+        let mut versions: HashMap<String, BTreeMap<semver::Version, Arc<DeployedVersion>>> =
+            HashMap::new();
+        for (name, version, digest, deployed_at, deployed_by) in rows {
+            let known = semver::Version::parse(&version).ok().and_then(|v| {
+                old.get(&name)
+                    .and_then(|e| e.versions.get(&v))
+                    .filter(|d| d.digest == digest)
+                    .cloned()
+            });
+            let loaded = match known {
+                Some(d) => d,
+                None => match self
+                    .load_stored(&name, &version, &digest, deployed_at, deployed_by)
+                    .await
+                {
+                    Ok(d) => Arc::new(d),
+                    Err(e) => {
+                        tracing::error!(controller = %name, version = %version, error = %e, "stored version failed to load; skipped");
+                        continue;
+                    }
+                },
+            };
+            versions
+                .entry(name)
+                .or_default()
+                .insert(loaded.version.clone(), loaded);
+        }
+        let mut map = HashMap::new();
         for (name, versions) in versions {
             let Some(active_version) = active
                 .get(&name)
@@ -290,8 +300,13 @@ impl Registry {
             else {
                 continue;
             };
-            let slots = old
-                .get(&name)
+            let previous = old.get(&name);
+            if previous.is_none_or(|e| !Arc::ptr_eq(&e.active, &active_version)) {
+                if let Some(warm) = self.warm.get() {
+                    warm(active_version.clone()).await;
+                }
+            }
+            let slots = previous
                 .map(|e| e.slots.clone())
                 .unwrap_or_else(|| Arc::new(Semaphore::new(self.max_concurrent)));
             map.insert(
@@ -307,6 +322,65 @@ impl Registry {
             *guard = map;
         }
         Ok(())
+    }
+
+    async fn load_stored(
+        &self,
+        name: &str,
+        version: &str,
+        digest: &str,
+        deployed_at: String,
+        deployed_by: String,
+    ) -> Result<DeployedVersion, ApiError> {
+        let (files,): (String,) = sqlx::query_as(
+            "SELECT files FROM controller_versions WHERE name = $1 AND version = $2",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_one(self.store.pool())
+        .await
+        .map_err(|e| internal("loading a stored package", e))?;
+        let files = decode_files(&files).map_err(|e| internal("decoding a stored package", e))?;
+        self.load_version(&files, digest, deployed_at, deployed_by)
+    }
+
+    /// A fingerprint of what the store says is deployed and active (cheap to poll).
+    async fn store_fingerprint(&self) -> Result<String, ApiError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT name, active_version, updated_at FROM controllers ORDER BY name",
+        )
+        .fetch_all(self.store.pool())
+        .await
+        .map_err(|e| internal("reading controllers", e))?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM controller_versions")
+            .fetch_one(self.store.pool())
+            .await
+            .map_err(|e| internal("counting controller versions", e))?;
+        let mut h = Sha256::new();
+        for (name, version, at) in rows {
+            for part in [name, version, at] {
+                h.update(part.as_bytes());
+                h.update([0]);
+            }
+        }
+        h.update(count.to_be_bytes());
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Pick up deploys and rollbacks made by other runtime nodes sharing the store. Returns
+    /// true when the registry changed.
+    pub async fn sync(&self) -> Result<bool, ApiError> {
+        let fingerprint = self.store_fingerprint().await?;
+        let seen = self.synced.lock().map(|s| s.clone()).unwrap_or_default();
+        if seen == fingerprint {
+            return Ok(false);
+        }
+        let _admin = self.admin.lock().await;
+        self.reload().await?;
+        if let Ok(mut s) = self.synced.lock() {
+            *s = fingerprint;
+        }
+        Ok(!seen.is_empty())
     }
 
     /// Parse a stored package (already checked at deploy) and make sure it is on disk.
