@@ -239,11 +239,9 @@ impl KeyStore {
         if is_expired(expires_at.as_deref(), chrono::Utc::now()) {
             return Ok(None);
         }
-        let scope = match controllers {
-            None => None,
-            // An unreadable scope grants nothing (fail closed).
-            Some(json) => Some(serde_json::from_str::<Vec<String>>(&json).unwrap_or_default()),
-        };
+        // An unreadable scope grants nothing (fail closed).
+        let scope =
+            controllers.map(|json| serde_json::from_str::<Vec<String>>(&json).unwrap_or_default());
         Ok(Role::parse(&role).map(|role| Identity {
             name: format!("apikey:{name}"),
             roles: vec![role],

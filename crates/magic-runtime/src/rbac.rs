@@ -202,7 +202,8 @@ mod tests {
     #[test]
     fn execute_scope() {
         let scope = vec!["A".to_string(), "B".to_string()];
-        let cases: &[(&[Role], Option<&[String]>, &str, bool)] = &[
+        type Case<'a> = (&'a [Role], Option<&'a [String]>, &'a str, bool);
+        let cases: &[Case] = &[
             (&[Role::Executor], None, "A", true),
             (&[Role::Executor], Some(&scope), "A", true),
             (&[Role::Executor], Some(&scope), "C", false),
