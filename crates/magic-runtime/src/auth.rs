@@ -516,6 +516,83 @@ mod tests {
             .any(|k| k.id == scoped.info.id && k.revoked_at.is_some()));
     }
 
+    /// A key created before migration 2 keeps working after it (no expiry, no scope), and the
+    /// new columns work, on `store`.
+    async fn upgrade_from_v1(store: Store, dir: &Path) {
+        store.migrate("auth", &MIGRATIONS[..1]).await.unwrap();
+        let old_key = generate_key();
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind("old-id")
+        .bind("old")
+        .bind("auditor")
+        .bind(hex::encode(hash_key(&old_key)))
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let (keys, _) = KeyStore::open(store.clone(), dir, Some("configured-admin-key-123"))
+            .await
+            .unwrap();
+        assert!(store.is_migrated("auth", 2).await.unwrap());
+        let id = keys.authenticate(&old_key).await.unwrap().unwrap();
+        assert_eq!((id.roles, id.scope), (vec![Role::Auditor], None));
+        let future = chrono::Utc::now() + chrono::Duration::days(1);
+        let new = keys
+            .create(
+                "new",
+                "executor",
+                Some(future),
+                Some(vec!["A".into(), "B".into()]),
+            )
+            .await
+            .unwrap();
+        let id = keys.authenticate(&new.key).await.unwrap().unwrap();
+        assert_eq!(id.scope, Some(vec!["A".to_string(), "B".to_string()]));
+        assert_eq!(keys.revoke("old").await.unwrap().len(), 1);
+        assert!(keys.authenticate(&old_key).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn migration_2_keeps_existing_keys_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        upgrade_from_v1(store, dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn migration_2_keeps_existing_keys_on_postgres() {
+        use sqlx::Connection as _;
+        const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+        sqlx::any::install_default_drivers();
+        let mut admin = sqlx::AnyConnection::connect(PG)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432");
+        let schema = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("{PG}?options[search_path]={schema}");
+        let result = {
+            let store = Store::open(Some(&url), dir.path()).await.unwrap();
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(upgrade_from_v1(
+                store.clone(),
+                dir.path(),
+            )))
+            .await
+        };
+        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+
     #[tokio::test]
     async fn configured_admin_key_replaces_the_generated_one() {
         let dir = tempfile::tempdir().unwrap();
