@@ -1,10 +1,12 @@
 //! The HTTP API (axum): execute, health, readiness, metrics, OpenAPI and the admin API the
 //! CLI uses.
 //!
-//! Owns: routing, request IDs, authentication of each request, body limits, and mapping
-//! every outcome to the response or error envelope of DESIGN.md. Must never: answer an
-//! error without the envelope and request ID, or let an unauthenticated request past the
-//! open endpoints (health, readyz, metrics).
+//! Owns: routing, request IDs, authentication of each request (API key or JWT bearer), the
+//! permission check of each endpoint (the table is `rbac`'s), body limits, and mapping every
+//! outcome to the response or error envelope of DESIGN.md. Must never: answer an error
+//! without the envelope and request ID, let an unauthenticated request past the open
+//! endpoints (health, readyz, metrics), or run a protected handler's work before its
+//! permission check.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
