@@ -118,6 +118,16 @@ impl Client {
         bail!(line)
     }
 
+    /// Send a body-less request whose answer is JSON.
+    pub async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send(self.http.request(method, format!("{}{path}", self.base)))
+            .await
+    }
+
     /// GET a path.
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         self.send(self.http.get(format!("{}{path}", self.base)))

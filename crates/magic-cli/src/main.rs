@@ -142,6 +142,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Create, list and revoke API keys (admin only).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Verify, tail or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -190,6 +197,36 @@ enum SecretsCommand {
         controller: String,
         /// Secret name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (this is the only time it is shown).
+    Create {
+        /// Role: admin, deployer, secrets-admin, operator, auditor or executor.
+        #[arg(long)]
+        role: String,
+        /// Name (the audit actor is apikey:NAME).
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 30d or 12h (default: no expiry).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Only these controllers may be executed with the key (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        controllers: Option<Vec<String>>,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by ID or name.
+    Revoke {
+        /// Key ID or name.
+        key: String,
     },
 }
 
@@ -400,6 +437,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command, remote } => audit(command, &remote).await,
+        Command::Keys { command, remote } => keys(command, &remote).await,
         Command::Secrets { command, remote } => secrets(command, &remote).await,
         Command::Rawsql { command, remote } => rawsql(command, &remote).await,
         Command::Trigger { command, remote } => {
@@ -531,6 +569,86 @@ async fn secrets(command: SecretsCommand, remote: &Remote) -> anyhow::Result<Exi
                 )
                 .await?;
             println!("secret {name} of {controller} deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn keys(command: KeysCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    match command {
+        KeysCommand::Create {
+            role,
+            name,
+            expires_in,
+            controllers,
+        } => {
+            let mut body = serde_json::json!({ "name": name, "role": role });
+            if let Some(e) = expires_in {
+                body["expires_in"] = e.into();
+            }
+            if let Some(c) = controllers {
+                body["controllers"] = c.into();
+            }
+            let created = client.post_json("/api/admin/keys", &body).await?;
+            eprintln!(
+                "created key {} ({}, role {}{}); it is shown once, store it now:",
+                created["name"].as_str().unwrap_or_default(),
+                created["id"].as_str().unwrap_or_default(),
+                created["role"].as_str().unwrap_or_default(),
+                created["expires_at"]
+                    .as_str()
+                    .map(|t| format!(", expires {t}"))
+                    .unwrap_or_default()
+            );
+            println!("{}", created["key"].as_str().unwrap_or_default());
+        }
+        KeysCommand::List { json } => {
+            let list = client.get("/api/admin/keys").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<36} {:<24} {:<14} {:<20} {:<26} {:<26} REVOKED",
+                "ID", "NAME", "ROLE", "SCOPE", "CREATED", "EXPIRES"
+            );
+            for k in list.as_array().cloned().unwrap_or_default() {
+                let scope = k["controllers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_else(|| "*".into());
+                println!(
+                    "{:<36} {:<24} {:<14} {:<20} {:<26} {:<26} {}",
+                    k["id"].as_str().unwrap_or_default(),
+                    k["name"].as_str().unwrap_or_default(),
+                    k["role"].as_str().unwrap_or_default(),
+                    scope,
+                    k["created_at"].as_str().unwrap_or_default(),
+                    k["expires_at"].as_str().unwrap_or("never"),
+                    k["revoked_at"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        KeysCommand::Revoke { key } => {
+            let revoked = client
+                .send_json(
+                    reqwest::Method::DELETE,
+                    &format!("/api/admin/keys/{}", client::segment(&key)),
+                )
+                .await?;
+            for k in revoked.as_array().cloned().unwrap_or_default() {
+                println!(
+                    "revoked key {} ({})",
+                    k["name"].as_str().unwrap_or_default(),
+                    k["id"].as_str().unwrap_or_default()
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -800,6 +918,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
     config.allow_degraded_isolation = args.allow_degraded_isolation;
+    config.jwt = magic_runtime::config::jwt_config_from_env();
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

@@ -1,10 +1,12 @@
 //! The HTTP API (axum): execute, health, readiness, metrics, OpenAPI and the admin API the
 //! CLI uses.
 //!
-//! Owns: routing, request IDs, authentication of each request, body limits, and mapping
-//! every outcome to the response or error envelope of DESIGN.md. Must never: answer an
-//! error without the envelope and request ID, or let an unauthenticated request past the
-//! open endpoints (health, readyz, metrics).
+//! Owns: routing, request IDs, authentication of each request (API key or JWT bearer), the
+//! permission check of each endpoint (the table is `rbac`'s), body limits, and mapping every
+//! outcome to the response or error envelope of DESIGN.md. Must never: answer an error
+//! without the envelope and request ID, let an unauthenticated request past the open
+//! endpoints (health, readyz, metrics), or run a protected handler's work before its
+//! permission check.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,8 +24,9 @@ use magic_contract::ErrorCode;
 use serde::{Deserialize, Serialize};
 use utoipa::OpenApi;
 
-use crate::auth::{Identity, Role};
+use crate::auth::Identity;
 use crate::error::{ApiError, Failure};
+use crate::rbac::Permission;
 use crate::registry::{parse_version, ControllerStatus, ControllerSummary, DeployOutcome};
 use crate::Runtime;
 
@@ -59,6 +62,8 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         )
         .route("/api/admin/audit/verify", get(audit_verify))
         .route("/api/admin/audit/records", get(audit_records))
+        .route("/api/admin/keys", get(list_keys).post(create_key))
+        .route("/api/admin/keys/{key}", axum::routing::delete(revoke_key))
         .route("/api/openapi.json", get(openapi))
         .route_layer(middleware::from_fn_with_state(rt.clone(), authenticate));
     Router::new()
@@ -102,53 +107,97 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     response
 }
 
+/// The credentials a request presents.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credentials<'a> {
+    /// None at all.
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(&'a str),
+    /// `X-API-Key`.
+    ApiKey(&'a str),
+    /// An `Authorization` header of another scheme, or one that is not text.
+    Unsupported,
+}
+
+/// Which credentials `headers` present. A bearer token wins over an API key: a request is
+/// authenticated by exactly one of them, never a mix.
+pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
+    if let Some(auth) = headers.get(http::header::AUTHORIZATION) {
+        let Ok(auth) = auth.to_str() else {
+            return Credentials::Unsupported;
+        };
+        return match auth.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                Credentials::Bearer(token.trim())
+            }
+            _ => Credentials::Unsupported,
+        };
+    }
+    match headers.get("x-api-key").map(|v| v.to_str()) {
+        Some(Ok(k)) => Credentials::ApiKey(k),
+        Some(Err(_)) => Credentials::Unsupported,
+        None => Credentials::None,
+    }
+}
+
 async fn authenticate(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let key = req
-        .headers()
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some(key) = key else {
-        return ApiError::new(
-            ErrorCode::NotAuthenticated,
-            "missing credentials: send an X-API-Key header",
-        )
-        .into_envelope(&rid.0);
-    };
-    match rt.keys.authenticate(&key).await {
-        Ok(Some(identity)) => {
-            req.extensions_mut().insert(identity);
-            next.run(req).await
-        }
-        Ok(None) => ApiError::new(ErrorCode::NotAuthenticated, "invalid or revoked API key")
-            .into_envelope(&rid.0),
-        Err(e) => {
-            tracing::error!(error = %e, "api key lookup failed");
-            ApiError::new(
-                ErrorCode::BackendUnavailable,
-                "the runtime store is unavailable",
+    let refuse =
+        |msg: String| ApiError::new(ErrorCode::NotAuthenticated, msg).into_envelope(&rid.0);
+    let identity = match credentials(req.headers()) {
+        Credentials::None => {
+            return refuse(
+                "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
             )
-            .into_envelope(&rid.0)
         }
-    }
+        Credentials::Unsupported => {
+            return refuse("unsupported Authorization header: use Bearer <JWT> or X-API-Key".into())
+        }
+        Credentials::Bearer(token) => match &rt.config.jwt {
+            None => {
+                return refuse("bearer tokens are not enabled on this runtime (JWT_SECRET)".into())
+            }
+            Some(jwt) => match jwt.authenticate(token) {
+                Ok(identity) => identity,
+                Err(e) => return refuse(e.to_string()),
+            },
+        },
+        Credentials::ApiKey(key) => match rt.keys.authenticate(key).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => return refuse("invalid, expired or revoked API key".into()),
+            Err(e) => {
+                tracing::error!(error = %e, "api key lookup failed");
+                return ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    "the runtime store is unavailable",
+                )
+                .into_envelope(&rid.0);
+            }
+        },
+    };
+    req.extensions_mut().insert(identity);
+    next.run(req).await
 }
 
-fn require_admin(identity: &Identity, rid: &RequestId) -> Result<(), Failure> {
-    if identity.role == Role::Admin {
+/// 403 E4002 unless one of the identity's roles grants `permission`.
+fn require(identity: &Identity, permission: Permission, rid: &RequestId) -> Result<(), Failure> {
+    if identity.may(permission) {
         Ok(())
     } else {
+        let roles: Vec<&str> = identity.roles.iter().map(|r| r.as_str()).collect();
         Err(fail(
             rid,
             ApiError::new(
                 ErrorCode::NotPermitted,
                 format!(
-                    "{} may execute controllers but not administer them",
-                    identity.name
+                    "{} (role {}) lacks the {permission:?} permission",
+                    identity.name,
+                    roles.join(", ")
                 ),
             ),
         ))
@@ -284,7 +333,7 @@ pub struct ExecuteMetrics {
         (status = 200, body = ExecuteResponse),
         (status = 400, description = "E1002 input invalid", body = crate::error::Envelope),
         (status = 401, description = "E4001", body = crate::error::Envelope),
-        (status = 403, description = "E2xxx capability denial escaped the controller", body = crate::error::Envelope),
+        (status = 403, description = "E4002 not permitted (role or key scope); E2xxx capability denial escaped the controller", body = crate::error::Envelope),
         (status = 404, description = "E1001", body = crate::error::Envelope),
         (status = 413, description = "body too large", body = crate::error::Envelope),
         (status = 429, description = "E3004", body = crate::error::Envelope),
@@ -293,7 +342,7 @@ pub struct ExecuteMetrics {
         (status = 503, description = "E5002/E5003", body = crate::error::Envelope),
         (status = 504, description = "E3001", body = crate::error::Envelope),
     ),
-    security(("api_key" = []))
+    security(("api_key" = []), ("bearer" = []))
 )]
 async fn execute(
     State(rt): State<Arc<Runtime>>,
@@ -304,6 +353,15 @@ async fn execute(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ExecuteResponse>, Failure> {
+    if !identity.may_execute(&controller) {
+        return Err(fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::NotPermitted,
+                format!("{} may not execute {controller}", identity.name),
+            ),
+        ));
+    }
     rt.execute(
         &rid.0,
         &controller,
@@ -568,7 +626,7 @@ async fn metrics(State(rt): State<Arc<Runtime>>) -> Response {
 /// This document.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -589,7 +647,7 @@ pub struct PackageFiles {
         (status = 400, description = "E1004 with every problem in details.problems", body = crate::error::Envelope),
         (status = 409, description = "E1005 version exists with other content", body = crate::error::Envelope),
         (status = 413, description = "package too large", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn deploy(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
@@ -597,7 +655,7 @@ async fn deploy(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Deploy, &rid)?;
     let bytes = read_body(body, &headers, crate::config::MAX_DEPLOY_BODY)
         .await
         .map_err(|mut e| {
@@ -658,13 +716,13 @@ async fn deploy(
 
 /// Every deployed controller.
 #[utoipa::path(get, path = "/api/admin/controllers", tag = "admin",
-    responses((status = 200, body = Vec<ControllerSummary>)), security(("api_key" = [])))]
+    responses((status = 200, body = Vec<ControllerSummary>)), security(("api_key" = []), ("bearer" = [])))]
 async fn list_controllers(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<Vec<ControllerSummary>>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::List, &rid)?;
     Ok(Json(rt.registry.list()))
 }
 
@@ -672,14 +730,14 @@ async fn list_controllers(
 #[utoipa::path(get, path = "/api/admin/controllers/{name}", tag = "admin",
     params(("name" = String, Path, description = "Controller name")),
     responses((status = 200, body = ControllerStatus), (status = 404, description = "E1001", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn controller_status(
     State(rt): State<Arc<Runtime>>,
     Path(name): Path<String>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<ControllerStatus>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Status, &rid)?;
     rt.registry
         .status(&name)
         .map(Json)
@@ -709,7 +767,7 @@ pub struct RollbackResponse {
     params(("name" = String, Path, description = "Controller name")),
     request_body = RollbackRequest,
     responses((status = 200, body = RollbackResponse), (status = 404, description = "E1001", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn rollback(
     State(rt): State<Arc<Runtime>>,
     Path(name): Path<String>,
@@ -718,7 +776,7 @@ async fn rollback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<RollbackResponse>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Rollback, &rid)?;
     let req: RollbackRequest = admin_body(&rid, &headers, body, "{\"version\": \"X.Y.Z\"}").await?;
     let version = parse_version(&req.version).map_err(|e| fail(&rid, e))?;
     let (previous, active) = rt
@@ -749,14 +807,14 @@ async fn rollback(
 #[utoipa::path(get, path = "/api/admin/controllers/{name}/versions/{version}/package", tag = "admin",
     params(("name" = String, Path, description = "Controller name"), ("version" = String, Path, description = "Version")),
     responses((status = 200, body = PackageFiles), (status = 404, description = "E1001", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn export_package(
     State(rt): State<Arc<Runtime>>,
     Path((name, version)): Path<(String, String)>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<PackageFiles>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Export, &rid)?;
     let version = parse_version(&version).map_err(|e| fail(&rid, e))?;
     let files = rt
         .registry
@@ -793,13 +851,13 @@ pub struct AuditVerifyResponse {
 
 /// Verify the whole audit chain and its signed checkpoints.
 #[utoipa::path(get, path = "/api/admin/audit/verify", tag = "audit",
-    responses((status = 200, body = AuditVerifyResponse)), security(("api_key" = [])))]
+    responses((status = 200, body = AuditVerifyResponse)), security(("api_key" = []), ("bearer" = [])))]
 async fn audit_verify(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<AuditVerifyResponse>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::AuditRead, &rid)?;
     let report = rt.audit_chain.verify().await.map_err(|e| {
         tracing::error!(error = %e, "audit verification could not run");
         fail(
@@ -848,7 +906,7 @@ pub const MAX_AUDIT_PAGE: usize = 10_000;
 /// Audit records, oldest first (at most 10,000 per request; continue with `from`).
 #[utoipa::path(get, path = "/api/admin/audit/records", tag = "audit", params(AuditQuery),
     responses((status = 200, description = "Records in chain order", body = Vec<Object>)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn audit_records(
     State(rt): State<Arc<Runtime>>,
     Query(q): Query<AuditQuery>,
@@ -857,7 +915,7 @@ async fn audit_records(
 ) -> Result<Json<Vec<serde_json::Value>>, Failure> {
     use futures::StreamExt as _;
     use magic_audit::{Position, ReadRange};
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::AuditRead, &rid)?;
     let position = |v: Option<&str>, which: &str| -> Result<Option<Position>, Failure> {
         v.map(|v| {
             parse_position(v).ok_or_else(|| {
@@ -927,7 +985,7 @@ pub struct SecretsQuery {
 /// Set (create or replace) a controller's secret. The value is never returned or logged.
 #[utoipa::path(put, path = "/api/admin/secrets/{controller}/{name}", tag = "admin",
     params(("controller" = String, Path, description = "Controller name"), ("name" = String, Path, description = "Secret name")),
-    request_body = SecretValue, responses((status = 204, description = "Stored")), security(("api_key" = [])))]
+    request_body = SecretValue, responses((status = 204, description = "Stored")), security(("api_key" = []), ("bearer" = [])))]
 async fn set_secret(
     State(rt): State<Arc<Runtime>>,
     Path((controller, name)): Path<(String, String)>,
@@ -936,7 +994,7 @@ async fn set_secret(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Secrets, &rid)?;
     let value: SecretValue = admin_body(&rid, &headers, body, "{\"value\": \"...\"}").await?;
     rt.broker
         .set_secret(&identity.name, &controller, &name, &value.value)
@@ -949,14 +1007,14 @@ async fn set_secret(
 #[utoipa::path(delete, path = "/api/admin/secrets/{controller}/{name}", tag = "admin",
     params(("controller" = String, Path, description = "Controller name"), ("name" = String, Path, description = "Secret name")),
     responses((status = 204, description = "Deleted"), (status = 404, description = "No such secret", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn delete_secret(
     State(rt): State<Arc<Runtime>>,
     Path((controller, name)): Path<(String, String)>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<StatusCode, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Secrets, &rid)?;
     let existed = rt
         .broker
         .delete_secret(&identity.name, &controller, &name)
@@ -979,14 +1037,14 @@ async fn delete_secret(
 /// Secret names (never values), optionally of one controller.
 #[utoipa::path(get, path = "/api/admin/secrets", tag = "admin", params(SecretsQuery),
     responses((status = 200, description = "Names, owners and update times", body = Vec<Object>)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn list_secrets(
     State(rt): State<Arc<Runtime>>,
     Query(q): Query<SecretsQuery>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<Vec<magic_broker::SecretInfo>>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Secrets, &rid)?;
     rt.broker
         .list_secrets(&identity.name, q.controller.as_deref())
         .await
@@ -997,14 +1055,14 @@ async fn list_secrets(
 /// Approve `db:rawsql` for every version of a controller (audited).
 #[utoipa::path(put, path = "/api/admin/rawsql/{controller}", tag = "admin",
     params(("controller" = String, Path, description = "Controller name")),
-    responses((status = 204, description = "Approved")), security(("api_key" = [])))]
+    responses((status = 204, description = "Approved")), security(("api_key" = []), ("bearer" = [])))]
 async fn approve_rawsql(
     State(rt): State<Arc<Runtime>>,
     Path(controller): Path<String>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<StatusCode, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::RawSql, &rid)?;
     rt.broker
         .approve_rawsql(&identity.name, &controller)
         .await
@@ -1016,14 +1074,14 @@ async fn approve_rawsql(
 #[utoipa::path(delete, path = "/api/admin/rawsql/{controller}", tag = "admin",
     params(("controller" = String, Path, description = "Controller name")),
     responses((status = 204, description = "Revoked"), (status = 404, description = "No approval", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn revoke_rawsql(
     State(rt): State<Arc<Runtime>>,
     Path(controller): Path<String>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<StatusCode, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::RawSql, &rid)?;
     let existed = rt
         .broker
         .revoke_rawsql(&identity.name, &controller)
@@ -1045,13 +1103,13 @@ async fn revoke_rawsql(
 
 /// Standing `db:rawsql` approvals.
 #[utoipa::path(get, path = "/api/admin/rawsql", tag = "admin",
-    responses((status = 200, body = Vec<Object>)), security(("api_key" = [])))]
+    responses((status = 200, body = Vec<Object>)), security(("api_key" = []), ("bearer" = [])))]
 async fn list_rawsql(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<Vec<magic_broker::RawSqlApproval>>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::RawSql, &rid)?;
     rt.broker
         .rawsql_approvals()
         .await
@@ -1071,7 +1129,7 @@ pub struct TriggerRequest {
     params(("controller" = String, Path, description = "Controller name")), request_body = TriggerRequest,
     responses((status = 200, body = crate::triggers::Trigger),
               (status = 403, description = "E2005: the contract does not subscribe to the queue", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn set_trigger(
     State(rt): State<Arc<Runtime>>,
     Path(controller): Path<String>,
@@ -1080,7 +1138,7 @@ async fn set_trigger(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<crate::triggers::Trigger>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Triggers, &rid)?;
     let req: TriggerRequest = admin_body(&rid, &headers, body, "{\"queue\": \"name\"}").await?;
     let trigger = rt
         .triggers
@@ -1105,14 +1163,14 @@ async fn set_trigger(
 #[utoipa::path(delete, path = "/api/admin/triggers/{controller}", tag = "admin",
     params(("controller" = String, Path, description = "Controller name")),
     responses((status = 204, description = "Removed"), (status = 404, description = "No trigger", body = crate::error::Envelope)),
-    security(("api_key" = [])))]
+    security(("api_key" = []), ("bearer" = [])))]
 async fn remove_trigger(
     State(rt): State<Arc<Runtime>>,
     Path(controller): Path<String>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<StatusCode, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Triggers, &rid)?;
     if !rt
         .triggers
         .remove(&controller)
@@ -1143,18 +1201,176 @@ async fn remove_trigger(
 
 /// Every queue trigger.
 #[utoipa::path(get, path = "/api/admin/triggers", tag = "admin",
-    responses((status = 200, body = Vec<crate::triggers::Trigger>)), security(("api_key" = [])))]
+    responses((status = 200, body = Vec<crate::triggers::Trigger>)), security(("api_key" = []), ("bearer" = [])))]
 async fn list_triggers(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
     Extension(identity): Extension<Identity>,
 ) -> Result<Json<Vec<crate::triggers::Trigger>>, Failure> {
-    require_admin(&identity, &rid)?;
+    require(&identity, Permission::Triggers, &rid)?;
     rt.triggers
         .list()
         .await
         .map(Json)
         .map_err(|e| fail(&rid, e))
+}
+
+/// Body of a key creation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Name (1-64 of `[A-Za-z0-9._-]`, unique among active keys); the audit actor is
+    /// `apikey:NAME`.
+    pub name: String,
+    /// Role: admin, deployer, secrets-admin, operator, auditor or executor.
+    pub role: String,
+    /// Lifetime (`30d`, `12h`, `90s`); absent = no expiry.
+    pub expires_in: Option<String>,
+    /// Controllers the key may execute; absent = every one its role allows.
+    pub controllers: Option<Vec<String>>,
+}
+
+/// Longest key lifetime accepted (10 years).
+const MAX_KEY_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10 * 366 * 86_400);
+
+fn key_failure(rid: &RequestId, e: crate::auth::KeyError) -> Failure {
+    use crate::auth::KeyError;
+    match e {
+        KeyError::Store(e) => {
+            tracing::error!(request_id = %rid.0, error = %e, "api key store failed");
+            fail(
+                rid,
+                ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    "the runtime store is unavailable",
+                ),
+            )
+        }
+        KeyError::NameTaken(_) => fail(
+            rid,
+            ApiError::new(ErrorCode::InputInvalid, e.to_string()).with_status(409),
+        ),
+        other => fail(
+            rid,
+            ApiError::new(ErrorCode::InputInvalid, other.to_string()),
+        ),
+    }
+}
+
+async fn audit_key_action(
+    rt: &Runtime,
+    rid: &RequestId,
+    identity: &Identity,
+    action: &str,
+    key: &crate::auth::KeyInfo,
+) -> Result<(), Failure> {
+    let mut event = crate::audit_event("admin_action", &rid.0, None, Some(&identity.name));
+    event.target = Some(format!("apikey:{}", key.name));
+    event.outcome = Some("ok".into());
+    event.details = serde_json::json!({
+        "action": action, "key_id": key.id, "role": key.role,
+        "controllers": key.controllers, "expires_at": key.expires_at,
+    });
+    rt.audit(event).await.map_err(|e| fail(rid, e))
+}
+
+/// Create an API key. The key is in this response only; it is stored as a hash.
+#[utoipa::path(post, path = "/api/admin/keys", tag = "admin", request_body = CreateKeyRequest,
+    responses((status = 201, body = crate::auth::CreatedKey),
+              (status = 400, description = "E1002 bad name, role, lifetime or controllers", body = crate::error::Envelope),
+              (status = 409, description = "an active key has this name", body = crate::error::Envelope)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn create_key(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<crate::auth::CreatedKey>), Failure> {
+    require(&identity, Permission::Keys, &rid)?;
+    let req: CreateKeyRequest = admin_body(
+        &rid,
+        &headers,
+        body,
+        "{\"name\": \"...\", \"role\": \"...\", \"expires_in\"?: \"30d\", \"controllers\"?: [\"...\"]}",
+    )
+    .await?;
+    let expires_at = match &req.expires_in {
+        None => None,
+        Some(text) => {
+            let bad = || {
+                fail(
+                    &rid,
+                    ApiError::new(
+                        ErrorCode::InputInvalid,
+                        format!("expires_in {text:?} is not a lifetime between 1s and 10 years (e.g. 30d, 12h)"),
+                    ),
+                )
+            };
+            let d = humantime::parse_duration(text).map_err(|_| bad())?;
+            if d.is_zero() || d > MAX_KEY_LIFETIME {
+                return Err(bad());
+            }
+            let d = chrono::Duration::from_std(d).map_err(|_| bad())?;
+            Some(chrono::Utc::now() + d)
+        }
+    };
+    let created = rt
+        .keys
+        .create(&req.name, &req.role, expires_at, req.controllers)
+        .await
+        .map_err(|e| key_failure(&rid, e))?;
+    audit_key_action(&rt, &rid, &identity, "key_create", &created.info).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Every API key (never the key itself).
+#[utoipa::path(get, path = "/api/admin/keys", tag = "admin",
+    responses((status = 200, body = Vec<crate::auth::KeyInfo>)), security(("api_key" = []), ("bearer" = [])))]
+async fn list_keys(
+    State(rt): State<Arc<Runtime>>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<crate::auth::KeyInfo>>, Failure> {
+    require(&identity, Permission::Keys, &rid)?;
+    rt.keys
+        .list()
+        .await
+        .map(Json)
+        .map_err(|e| key_failure(&rid, e.into()))
+}
+
+/// Revoke the active key with this ID or name (refused at once from then on).
+#[utoipa::path(delete, path = "/api/admin/keys/{key}", tag = "admin",
+    params(("key" = String, Path, description = "Key ID or name")),
+    responses((status = 200, description = "The revoked key(s)", body = Vec<crate::auth::KeyInfo>),
+              (status = 404, description = "No such active key", body = crate::error::Envelope)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn revoke_key(
+    State(rt): State<Arc<Runtime>>,
+    Path(key): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<crate::auth::KeyInfo>>, Failure> {
+    require(&identity, Permission::Keys, &rid)?;
+    let revoked = rt
+        .keys
+        .revoke(&key)
+        .await
+        .map_err(|e| key_failure(&rid, e.into()))?;
+    if revoked.is_empty() {
+        return Err(fail(
+            &rid,
+            ApiError::new(
+                ErrorCode::ControllerNotFound,
+                format!("no active API key with ID or name {key:?}"),
+            ),
+        ));
+    }
+    for k in &revoked {
+        audit_key_action(&rt, &rid, &identity, "key_revoke", k).await?;
+    }
+    Ok(Json(revoked))
 }
 
 async fn not_found(Extension(rid): Extension<RequestId>, req: Request) -> Failure {
@@ -1177,6 +1393,15 @@ impl utoipa::Modify for ApiKeyScheme {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
         );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                utoipa::openapi::security::HttpBuilder::new()
+                    .scheme(utoipa::openapi::security::HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -1186,10 +1411,11 @@ impl utoipa::Modify for ApiKeyScheme {
     info(title = "Magic Runtime", description = "Execute contract-bound controllers; deploy, inspect and roll them back."),
     paths(execute, health, readyz, metrics, openapi, deploy, list_controllers, controller_status, rollback, export_package,
           audit_verify, audit_records, set_secret, delete_secret, list_secrets, approve_rawsql, revoke_rawsql, list_rawsql,
-          set_trigger, remove_trigger, list_triggers),
+          set_trigger, remove_trigger, list_triggers, create_key, list_keys, revoke_key),
     components(schemas(ExecuteResponse, ExecuteMetrics, PackageFiles, RollbackRequest, RollbackResponse,
                        DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo, AuditVerifyResponse, SecretValue,
-                       TriggerRequest, crate::triggers::Trigger)),
+                       TriggerRequest, crate::triggers::Trigger, CreateKeyRequest, crate::auth::KeyInfo,
+                       crate::auth::CreatedKey)),
     modifiers(&ApiKeyScheme),
     tags((name = "execute"), (name = "admin"), (name = "audit"), (name = "operations"))
 )]
@@ -1214,6 +1440,46 @@ mod tests {
         }
         let long = "a".repeat(129);
         assert_ne!(accept_request_id(Some(&long)), long);
+    }
+
+    #[test]
+    fn credentials_table() {
+        let h = |pairs: &[(&'static str, &[u8])]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, HeaderValue::from_bytes(v).unwrap());
+            }
+            m
+        };
+        let cases: Vec<(HeaderMap, Credentials<'static>)> = vec![
+            (h(&[]), Credentials::None),
+            (h(&[("x-api-key", b"k")]), Credentials::ApiKey("k")),
+            (
+                h(&[("authorization", b"Bearer t.t.t")]),
+                Credentials::Bearer("t.t.t"),
+            ),
+            (
+                h(&[("authorization", b"bearer t")]),
+                Credentials::Bearer("t"),
+            ),
+            (
+                h(&[("authorization", b"Basic dTpw")]),
+                Credentials::Unsupported,
+            ),
+            (h(&[("authorization", b"Bearer")]), Credentials::Unsupported),
+            (
+                h(&[("authorization", b"Bearer t"), ("x-api-key", b"k")]),
+                Credentials::Bearer("t"),
+            ),
+            (
+                h(&[("authorization", b"Basic x"), ("x-api-key", b"k")]),
+                Credentials::Unsupported,
+            ),
+            (h(&[("x-api-key", b"\xff")]), Credentials::Unsupported),
+        ];
+        for (headers, want) in &cases {
+            assert_eq!(&credentials(headers), want, "{headers:?}");
+        }
     }
 
     #[test]
@@ -1255,9 +1521,12 @@ mod tests {
             "/api/admin/rawsql/{controller}",
             "/api/admin/triggers",
             "/api/admin/triggers/{controller}",
+            "/api/admin/keys",
+            "/api/admin/keys/{key}",
         ] {
             assert!(paths.contains_key(p), "missing {p}");
         }
         assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     }
 }

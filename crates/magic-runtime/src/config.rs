@@ -85,6 +85,9 @@ pub struct ServeConfig {
     /// `MAGIC_ALLOW_DEGRADED_ISOLATION=1`: start process mode even where an isolation layer is
     /// missing (rlimits instead of cgroups; inline without namespaces), with a loud warning.
     pub allow_degraded_isolation: bool,
+    /// `JWT_SECRET` (+ `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_ROLE_CLAIM`): accept HS256 bearer
+    /// tokens; `None` = API keys only.
+    pub jwt: Option<crate::jwt::JwtConfig>,
 }
 
 impl ServeConfig {
@@ -104,6 +107,7 @@ impl ServeConfig {
             max_body_bytes: DEFAULT_MAX_BODY,
             python: None,
             allow_degraded_isolation: false,
+            jwt: None,
         }
     }
 
@@ -123,6 +127,12 @@ impl ServeConfig {
                 });
             }
         }
+        if let Some(jwt) = &self.jwt {
+            jwt.validate().map_err(|reason| ConfigError::Invalid {
+                setting: "JWT_SECRET",
+                reason,
+            })?;
+        }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 setting: "MAGIC_MAX_BODY_BYTES",
@@ -131,6 +141,19 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// The JWT settings from the environment: `None` when `JWT_SECRET` is unset or empty. Used by
+/// the CLI only; [`ServeConfig::validate`] refuses a secret under 256 bits.
+pub fn jwt_config_from_env() -> Option<crate::jwt::JwtConfig> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let secret = var("JWT_SECRET")?;
+    Some(crate::jwt::JwtConfig {
+        secret: secret.into_bytes(),
+        issuer: var("JWT_ISSUER"),
+        audience: var("JWT_AUDIENCE"),
+        role_claim: var("JWT_ROLE_CLAIM").unwrap_or_else(|| crate::jwt::DEFAULT_ROLE_CLAIM.into()),
+    })
 }
 
 /// The broker's settings from the environment (`MAGIC_APP_DATABASE_URL`, `MAGIC_MASTER_KEY`,
@@ -184,6 +207,14 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = base.clone();
         c.admin_api_key = Some("short".into());
+        assert!(c.validate().is_err());
+        let mut c = base.clone();
+        c.jwt = Some(crate::jwt::JwtConfig {
+            secret: b"too-short".to_vec(),
+            issuer: None,
+            audience: None,
+            role_claim: "role".into(),
+        });
         assert!(c.validate().is_err());
         let mut c = base;
         c.max_body_bytes = 10;

@@ -192,7 +192,8 @@ impl Triggers {
 async fn consume(runtime: Weak<Runtime>, controller: String, queue: String) {
     let identity = Identity {
         name: format!("trigger:queue:{queue}"),
-        role: Role::Executor,
+        roles: vec![Role::Executor],
+        scope: Some(vec![controller.clone()]),
     };
     tracing::info!(event = "trigger_started", controller = %controller, queue = %queue);
     loop {
