@@ -318,8 +318,7 @@ async fn bad_inputs_get_clear_errors_and_the_runtime_keeps_serving() {
     );
 
     // Oversize body: 413 with the envelope.
-    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
-    let (status, _, body) = server.post("/api/execute/Echo", &big).await;
+    let (status, body) = server.post_declaring("/api/execute/Echo", 2 * 1024 * 1024);
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "E1002");
 
@@ -541,11 +540,7 @@ async fn invalid_packages_are_refused_with_every_problem() {
     );
     let (status, _, _) = server.post("/api/admin/controllers", "garbage").await;
     assert_eq!(status, 400);
-    let huge = format!(
-        "{{\"files\": {{\"x\": \"{}\"}}}}",
-        "A".repeat(25 * 1024 * 1024)
-    );
-    let (status, _, resp) = server.post("/api/admin/controllers", &huge).await;
+    let (status, resp) = server.post_declaring("/api/admin/controllers", 25 * 1024 * 1024);
     assert_eq!(
         (status, resp["error"]["code"].as_str()),
         (413, Some("E1004")),

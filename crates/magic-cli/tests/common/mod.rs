@@ -151,6 +151,55 @@ impl Server {
         (status, headers, json)
     }
 
+    /// Announce a body of `declared` bytes and send none of it: a server that enforces its
+    /// limit answers from the headers alone (no race with a client still writing the body).
+    pub fn post_declaring(&self, path: &str, declared: usize) -> (u16, serde_json::Value) {
+        use std::io::{Read, Write};
+        let addr = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {ADMIN_KEY}\r\n\
+             Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+        )
+        .expect("write");
+        let mut response = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    response.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&response);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        (status, serde_json::from_str(body).unwrap_or_default())
+    }
+
     pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
         let mut req = self.client().get(format!("{}{path}", self.url));
         if let Some(k) = key {
