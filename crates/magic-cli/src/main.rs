@@ -317,6 +317,9 @@ struct ServeArgs {
     /// How often (ms) to pick up deploys and rollbacks made by other nodes on the same store.
     #[arg(long, env = "MAGIC_REGISTRY_SYNC_MS", default_value_t = 500)]
     registry_sync_ms: u64,
+    /// Comma-separated controller names that may be deployed (unset: any).
+    #[arg(long, env = "CONTROLLER_ALLOWLIST")]
+    controller_allowlist: Option<String>,
     /// Python interpreter for controllers (default: python3 on PATH).
     #[arg(long, env = "MAGIC_PYTHON")]
     python: Option<PathBuf>,
@@ -914,6 +917,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.execution_mode = execution_mode;
     config.max_body_bytes = args.max_body_bytes;
     config.python = args.python;
+    config.controller_allowlist = args
+        .controller_allowlist
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect()
+        });
     config.registry_sync = std::time::Duration::from_millis(args.registry_sync_ms.max(50));
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;

@@ -549,3 +549,46 @@ async fn invalid_packages_are_refused_with_every_problem() {
     assert!(!server.data_dir.join("escape.py").exists());
     assert!(!server.data_dir.join("packages/escape.py").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn controller_allowlist_limits_which_names_may_be_deployed() {
+    let server = Server::start(&[("CONTROLLER_ALLOWLIST", "Allowed, AlsoAllowed")]);
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, ok) in [("Allowed", true), ("Sneaky", false)] {
+        let dir = tmp.path().join(name);
+        write_controller(
+            &dir,
+            &contract(name, "1.0.0", "greeting", ""),
+            &code(name, ECHO),
+        );
+        let out = server.cli(&["deploy", dir.to_str().unwrap()]);
+        assert_eq!(out.status.success(), ok, "{name}: {}", stderr(&out));
+        if !ok {
+            let err = stderr(&out);
+            assert!(
+                err.contains("E4002") && err.contains("CONTROLLER_ALLOWLIST"),
+                "{err}"
+            );
+        }
+    }
+    let (status, _, _) = server.post("/api/execute/Sneaky", "{}").await;
+    assert_eq!(status, 404, "a refused deploy leaves nothing behind");
+    // A bad name in the setting refuses to start, with a one-line reason.
+    let out = std::process::Command::new(common::magic_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            tmp.path().join("d").to_str().unwrap(),
+        ])
+        .env("CONTROLLER_ALLOWLIST", "ok,9bad")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("CONTROLLER_ALLOWLIST"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -77,6 +77,8 @@ pub struct ServeConfig {
     /// How often the registry checks the store for deploys and rollbacks made by other nodes
     /// (`MAGIC_REGISTRY_SYNC_MS`).
     pub registry_sync: std::time::Duration,
+    /// `CONTROLLER_ALLOWLIST`: when set, only these controller names may be deployed.
+    pub controller_allowlist: Option<Vec<String>>,
     /// The audit log's settings (`AUDIT_*`).
     pub audit: magic_audit::AuditConfig,
     /// The capability broker's settings (application database, Redis, master key, egress).
@@ -95,6 +97,7 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServeConfig {
             registry_sync: std::time::Duration::from_millis(500),
+            controller_allowlist: None,
             audit: magic_audit::AuditConfig::new(&data_dir),
             broker: magic_broker::BrokerConfig::new(data_dir.clone()),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
@@ -132,6 +135,14 @@ impl ServeConfig {
                 setting: "JWT_SECRET",
                 reason,
             })?;
+        }
+        if let Some(names) = &self.controller_allowlist {
+            if let Some(bad) = names.iter().find(|n| !magic_contract::is_valid_name(n)) {
+                return Err(ConfigError::Invalid {
+                    setting: "CONTROLLER_ALLOWLIST",
+                    reason: format!("{bad:?} is not a controller name"),
+                });
+            }
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {

@@ -165,6 +165,9 @@ impl Runtime {
         let registry = Registry::open(store.clone(), &config.data_dir, config.max_concurrent)
             .await
             .map_err(StartError::Registry)?;
+        if let Some(names) = &config.controller_allowlist {
+            registry.set_allowlist(names.clone());
+        }
         let triggers = triggers::Triggers::open(store.clone()).await?;
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");

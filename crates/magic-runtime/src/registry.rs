@@ -150,6 +150,8 @@ pub struct Registry {
     admin: tokio::sync::Mutex<()>,
     /// Store fingerprint at the last [`Registry::sync`].
     synced: std::sync::Mutex<String>,
+    /// `CONTROLLER_ALLOWLIST`: the only names that may be deployed, when set.
+    allowlist: std::sync::OnceLock<Vec<String>>,
     /// Called with a new version before it takes traffic (process mode: start its zygote).
     warm: std::sync::OnceLock<WarmHook>,
 }
@@ -218,6 +220,11 @@ impl Registry {
         let _ = self.warm.set(hook);
     }
 
+    /// Allow only these controller names to be deployed (`CONTROLLER_ALLOWLIST`). Set once.
+    pub fn set_allowlist(&self, names: Vec<String>) {
+        let _ = self.allowlist.set(names);
+    }
+
     /// Open the registry: apply migrations and load every version from the store.
     pub async fn open(
         store: Store,
@@ -235,6 +242,7 @@ impl Registry {
             controllers: RwLock::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
             synced: std::sync::Mutex::new(String::new()),
+            allowlist: std::sync::OnceLock::new(),
             warm: std::sync::OnceLock::new(),
         };
         registry.reload().await?;
@@ -577,6 +585,18 @@ impl Registry {
                     .with_details(serde_json::json!({ "problems": e.0 }))
             })?;
         let contract = package.contract.contract().clone();
+        if let Some(allowed) = self.allowlist.get() {
+            if !allowed.iter().any(|n| n == &contract.name) {
+                return Err(ApiError::new(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "controller {} is not in CONTROLLER_ALLOWLIST; this runtime deploys only: {}",
+                        contract.name,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
         let _admin = self.admin.lock().await;
 
         let existing: Option<(String,)> = sqlx::query_as(
