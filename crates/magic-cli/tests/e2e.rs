@@ -592,3 +592,43 @@ async fn controller_allowlist_limits_which_names_may_be_deployed() {
         stderr(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_mode_keeps_the_temp_dir_private_to_one_execution_and_enforces_its_size() {
+    let server = Server::start(&[("CONTROLLER_EXECUTION_MODE", "inline")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("filler");
+    write_controller(
+        &dir,
+        &contract("Filler", "1.0.0", "greeting", "capabilities:\n  - fs:temp: { size: 1M }\n"),
+        &code(
+            "Filler",
+            "        path = os.path.join(self.temp_dir, 'blob')\n        seen = os.listdir(self.temp_dir)\n        with open(path, 'wb') as f:\n            f.write(b'x' * input.get('n', 0))\n        return {\"greeting\": ','.join(seen)}",
+        ),
+    );
+    deploy(&server, &dir);
+    let (status, _, body) = server.post("/api/execute/Filler", r#"{"n": 1000}"#).await;
+    assert_eq!(status, 200, "{body}");
+    // The next execution starts with an empty dir: nothing carried over.
+    let (status, _, body) = server
+        .post("/api/execute/Filler", r#"{"n": 2000000}"#)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (507, Some("E3003")),
+        "{body}"
+    );
+    let (status, _, body) = server.post("/api/execute/Filler", r#"{"n": 10}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["output"]["greeting"], "",
+        "a previous execution's file survived"
+    );
+    let (_, metrics) = server.get("/metrics", None).await;
+    assert!(
+        metrics.contains(
+            "magic_resource_limit_exceeded_total{controller=\"Filler\",resource=\"temp_disk\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -552,12 +552,6 @@ impl Runtime {
             }
         }
         end.details["capabilities_used"] = serde_json::json!(used);
-        if outcome.timed_out {
-            self.metrics
-                .resource_limit_exceeded
-                .with_label_values(&[&deployed.name, "timeout"])
-                .inc();
-        }
         self.audit(end).await.map_err(|e| (e, used.clone()))?;
         match result {
             Ok(output) => Ok((output, used)),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use magic_broker::{CapabilityBroker, CapabilityCall, ExecutionContext};
-use magic_contract::{Capability, ErrorCode};
+use magic_contract::ErrorCode;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -50,7 +50,6 @@ pub struct ExecutionOutcome {
 pub struct Executor {
     python: PathBuf,
     sdk_dir: PathBuf,
-    temp_root: PathBuf,
     broker: Arc<CapabilityBroker>,
     metrics: Arc<Metrics>,
     /// Process mode: the sandbox and one zygote pool per deployed version.
@@ -116,14 +115,12 @@ impl Executor {
     pub fn new(
         python: PathBuf,
         sdk_dir: PathBuf,
-        temp_root: PathBuf,
         broker: Arc<CapabilityBroker>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Executor {
             python,
             sdk_dir,
-            temp_root,
             broker,
             metrics,
             process: None,
@@ -201,52 +198,49 @@ impl Executor {
                 .await;
             return outcome;
         }
-        let temp_dir = match self.make_temp_dir(request_id, version) {
+        // fs:temp without the sandbox: the broker's per-execution dir, its budget checked after
+        // the run (a tmpfs enforces it during the run in process mode).
+        let temp_dir = match crate::sandboxed::temp_size(version)
+            .map(|size| self.broker.create_temp_dir(request_id, size))
+            .transpose()
+        {
             Ok(t) => t,
-            Err(e) => return failed(e),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create execution temp dir");
+                return failed(ApiError::new(
+                    ErrorCode::SandboxUnavailable,
+                    "cannot create the execution's temp dir",
+                ));
+            }
         };
-        let worker = match self.spawn(version, temp_dir.as_deref()) {
+        let temp_path = temp_dir.as_ref().map(|t| t.path().to_path_buf());
+        let worker = match self.spawn(version, temp_path.as_deref()) {
             Ok((child, stream)) => Worker::Inline { child, stream },
             Err(e) => return failed(e),
         };
-        let outcome = self
+        let mut outcome = self
             .run(
                 (request_id, traceparent),
                 version,
                 input,
                 deadline,
-                temp_dir.as_deref(),
+                temp_path.as_deref(),
                 worker,
             )
             .await;
-        if let Some(dir) = temp_dir {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
+        if let (Some(dir), Ok(_)) = (&temp_dir, &outcome.result) {
+            if let Err(e) = dir.check() {
+                outcome.result = Err(limit_error(
+                    &self.metrics,
+                    &version.name,
+                    e.code,
+                    "temp_disk",
+                    e.message,
+                ));
+            }
         }
+        drop(temp_dir); // removes the directory
         outcome
-    }
-
-    fn make_temp_dir(
-        &self,
-        request_id: &str,
-        version: &DeployedVersion,
-    ) -> Result<Option<PathBuf>, ApiError> {
-        let declared = version
-            .contract
-            .capabilities
-            .iter()
-            .any(|c| matches!(c, Capability::FsTemp { .. }));
-        if !declared {
-            return Ok(None);
-        }
-        let dir = self.temp_root.join(request_id);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            tracing::error!(error = %e, "cannot create execution temp dir");
-            ApiError::new(
-                ErrorCode::SandboxUnavailable,
-                "cannot create the execution's temp dir",
-            )
-        })?;
-        Ok(Some(dir))
     }
 
     async fn run(
@@ -405,7 +399,7 @@ impl Executor {
                     }
                     () = &mut sleep => {
                         timed_out = true;
-                        break 'run Err(ApiError::new(ErrorCode::Timeout, format!(
+                        break 'run Err(limit_error(&self.metrics, &ctx.controller, ErrorCode::Timeout, "timeout", format!(
                             "execution exceeded the contract's timeout of {}", humanize(timeout))));
                     }
                 }

@@ -172,8 +172,6 @@ impl Runtime {
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
-        let temp_root = runtime_dir.join("tmp");
-        std::fs::create_dir_all(&temp_root).map_err(StartError::DataDir)?;
         let python = executor::find_python(config.python.as_deref()).map_err(StartError::Python)?;
         let metrics = Arc::new(Metrics::new()?);
         let audit_chain = AuditChain::open(store.clone(), config.audit.clone()).await?;
@@ -185,7 +183,7 @@ impl Runtime {
             Arc::new(CapabilityBroker::connect(broker_config, audit.clone(), store.clone()).await?);
         let sandbox = sandboxed::start_sandbox(&config, &python, &sdk_dir, &runtime_dir)
             .map_err(StartError::Sandbox)?;
-        let executor = Executor::new(python, sdk_dir, temp_root, broker.clone(), metrics.clone())
+        let executor = Executor::new(python, sdk_dir, broker.clone(), metrics.clone())
             .with_sandbox(sandbox, config.max_concurrent);
         if let Some(hook) = executor.warm_hook() {
             registry.set_warm_hook(hook);
