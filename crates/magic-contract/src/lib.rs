@@ -229,6 +229,7 @@ impl ContractErrors {
     }
 }
 
+mod diff;
 pub mod egress;
 pub mod names;
 mod package;
@@ -245,6 +246,7 @@ pub use parse::{
     is_valid_name, parse_contract, CompiledContract, SchemaViolation, CAPABILITY_NAMES,
     MAX_VIOLATIONS,
 };
+pub use diff::{capability_diff, CapabilityDiff, WidenedCapability};
 pub use units::{parse_bytes, parse_cpu, parse_duration};
 
 #[cfg(test)]
