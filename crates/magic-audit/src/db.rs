@@ -44,7 +44,17 @@ pub const MIGRATIONS: &[magic_store::Migration] = &[
         sqlite: SEGMENTS_DDL,
         postgres: SEGMENTS_DDL,
     },
+    magic_store::Migration {
+        version: 3,
+        description: "audit search indexes (request_id, controller)",
+        sqlite: SEARCH_INDEXES_DDL,
+        postgres: SEARCH_INDEXES_DDL,
+    },
 ];
+
+const SEARCH_INDEXES_DDL: &str = "\
+    CREATE INDEX IF NOT EXISTS magic_audit_log_request_id ON magic_audit_log (request_id); \
+    CREATE INDEX IF NOT EXISTS magic_audit_log_controller ON magic_audit_log (controller, seq);";
 
 const SEGMENTS_DDL: &str = "CREATE TABLE magic_audit_segments (\
     last_seq BIGINT PRIMARY KEY, first_seq BIGINT NOT NULL, last_hash TEXT NOT NULL, \
@@ -263,6 +273,41 @@ pub(crate) async fn records_page(
     .fetch_all(pool)
     .await
     .map_err(db_err)?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// The newest records (seq descending) matching every given `(column, value)` equality and
+/// `seq < before`, at most `limit`. Columns come from [`crate::search::SearchFilter`] only,
+/// never from input; values are bound.
+pub(crate) async fn search_records(
+    pool: &AnyPool,
+    equal: &[(&'static str, &str)],
+    before: Option<u64>,
+    limit: u64,
+) -> Result<Vec<AuditRecord>, AuditError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM magic_audit_log WHERE 1 = 1");
+    let mut n = 0;
+    for (column, _) in equal {
+        n += 1;
+        sql.push_str(&format!(" AND {column} = ${n}"));
+    }
+    if before.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND seq < ${n}"));
+    }
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", n + 1));
+    let mut q = sqlx::query_as::<_, RecordRow>(&sql);
+    for (_, value) in equal {
+        q = q.bind(value.to_string());
+    }
+    if let Some(b) = before {
+        q = q.bind(to_i64(b));
+    }
+    let rows = q
+        .bind(to_i64(limit))
+        .fetch_all(pool)
+        .await
+        .map_err(db_err)?;
     Ok(rows.into_iter().map(from_row).collect())
 }
 

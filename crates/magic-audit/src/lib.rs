@@ -42,6 +42,7 @@ mod db;
 pub mod read;
 pub mod record;
 pub mod retention;
+pub mod search;
 pub mod sink;
 pub mod verify;
 
@@ -50,6 +51,7 @@ pub use checkpoint::{Checkpoint, KeySource};
 pub use config::{AuditConfig, Durability};
 pub use read::{Position, ReadRange};
 pub use record::{AuditRecord, GENESIS_HASH};
+pub use search::SearchFilter;
 pub use retention::{RetentionPolicy, RetentionReport, Seal};
 pub use sink::{SinkSpec, SinkStats, SyslogTarget};
 pub use verify::{BadRecord, ChainVerifier, VerifyReport};
