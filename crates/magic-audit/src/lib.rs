@@ -51,8 +51,8 @@ pub use checkpoint::{Checkpoint, KeySource};
 pub use config::{AuditConfig, Durability};
 pub use read::{Position, ReadRange};
 pub use record::{AuditRecord, GENESIS_HASH};
-pub use search::SearchFilter;
 pub use retention::{RetentionPolicy, RetentionReport, Seal};
+pub use search::SearchFilter;
 pub use sink::{SinkSpec, SinkStats, SyslogTarget};
 pub use verify::{BadRecord, ChainVerifier, VerifyReport};
 

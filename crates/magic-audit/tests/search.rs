@@ -24,8 +24,13 @@ async fn exercise(chain: &AuditChain) {
         .await
         .expect("search");
     assert_eq!(by_req.len(), 10);
-    assert!(by_req.windows(2).all(|w| w[0].seq > w[1].seq), "newest first");
-    assert!(by_req.iter().all(|r| r.request_id.as_deref() == Some("req-1")));
+    assert!(
+        by_req.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first"
+    );
+    assert!(by_req
+        .iter()
+        .all(|r| r.request_id.as_deref() == Some("req-1")));
 
     // Two filters and paging with `before`.
     let filter = SearchFilter {

@@ -238,6 +238,7 @@ mod pycheck;
 mod refs;
 pub mod units;
 
+pub use diff::{capability_diff, CapabilityDiff, WidenedCapability};
 pub use package::{
     check_package, check_package_dir, check_package_path, read_package_dir, Package, PackageKind,
     MAX_PACKAGE_BYTES, MAX_PACKAGE_FILES,
@@ -246,7 +247,6 @@ pub use parse::{
     is_valid_name, parse_contract, CompiledContract, SchemaViolation, CAPABILITY_NAMES,
     MAX_VIOLATIONS,
 };
-pub use diff::{capability_diff, CapabilityDiff, WidenedCapability};
 pub use units::{parse_bytes, parse_cpu, parse_duration};
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/api/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(protected)
+        .merge(crate::console::router(rt.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
         .with_state(rt)
@@ -141,44 +142,49 @@ pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
     }
 }
 
+/// The identity `credentials` authenticate, or why not (E4001; E5002 when the key store is
+/// down). Shared by the API and the console, so both accept exactly the same identities.
+pub(crate) async fn identify(
+    rt: &Runtime,
+    credentials: Credentials<'_>,
+) -> Result<Identity, ApiError> {
+    let refuse = |msg: String| ApiError::new(ErrorCode::NotAuthenticated, msg);
+    match credentials {
+        Credentials::None => Err(refuse(
+            "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
+        )),
+        Credentials::Unsupported => Err(refuse(
+            "unsupported Authorization header: use Bearer <JWT> or X-API-Key".into(),
+        )),
+        Credentials::Bearer(token) => match &rt.config.jwt {
+            None => Err(refuse(
+                "bearer tokens are not enabled on this runtime (JWT_SECRET)".into(),
+            )),
+            Some(jwt) => jwt.authenticate(token).map_err(|e| refuse(e.to_string())),
+        },
+        Credentials::ApiKey(key) => match rt.keys.authenticate(key).await {
+            Ok(Some(identity)) => Ok(identity),
+            Ok(None) => Err(refuse("invalid, expired or revoked API key".into())),
+            Err(e) => {
+                tracing::error!(error = %e, "api key lookup failed");
+                Err(ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    "the runtime store is unavailable",
+                ))
+            }
+        },
+    }
+}
+
 async fn authenticate(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let refuse =
-        |msg: String| ApiError::new(ErrorCode::NotAuthenticated, msg).into_envelope(&rid.0);
-    let identity = match credentials(req.headers()) {
-        Credentials::None => {
-            return refuse(
-                "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
-            )
-        }
-        Credentials::Unsupported => {
-            return refuse("unsupported Authorization header: use Bearer <JWT> or X-API-Key".into())
-        }
-        Credentials::Bearer(token) => match &rt.config.jwt {
-            None => {
-                return refuse("bearer tokens are not enabled on this runtime (JWT_SECRET)".into())
-            }
-            Some(jwt) => match jwt.authenticate(token) {
-                Ok(identity) => identity,
-                Err(e) => return refuse(e.to_string()),
-            },
-        },
-        Credentials::ApiKey(key) => match rt.keys.authenticate(key).await {
-            Ok(Some(identity)) => identity,
-            Ok(None) => return refuse("invalid, expired or revoked API key".into()),
-            Err(e) => {
-                tracing::error!(error = %e, "api key lookup failed");
-                return ApiError::new(
-                    ErrorCode::BackendUnavailable,
-                    "the runtime store is unavailable",
-                )
-                .into_envelope(&rid.0);
-            }
-        },
+    let identity = match identify(&rt, credentials(req.headers())).await {
+        Ok(identity) => identity,
+        Err(e) => return e.into_envelope(&rid.0),
     };
     req.extensions_mut().insert(identity);
     next.run(req).await
@@ -204,7 +210,7 @@ fn require(identity: &Identity, permission: Permission, rid: &RequestId) -> Resu
     }
 }
 
-fn fail(rid: &RequestId, error: ApiError) -> Failure {
+pub(crate) fn fail(rid: &RequestId, error: ApiError) -> Failure {
     Failure {
         request_id: rid.0.clone(),
         error,
@@ -271,7 +277,7 @@ async fn admin_body<T: serde::de::DeserializeOwned>(
     clippy::too_many_arguments,
     reason = "one flat call per admin handler reads better than a builder"
 )]
-async fn audit_admin(
+pub(crate) async fn audit_admin(
     rt: &Runtime,
     rid: &RequestId,
     identity: &Identity,
@@ -456,6 +462,19 @@ impl Runtime {
                 capabilities_used = %used_json, actor = %identity.name
             ),
         }
+        self.metrics
+            .activity
+            .record(crate::console::activity::ExecutionSummary {
+                request_id: request_id.to_string(),
+                controller: name.to_string(),
+                version: version_str.clone(),
+                status: status.to_string(),
+                error_code: result.as_ref().err().map(|e| e.code.as_str().to_string()),
+                duration_ms,
+                capabilities_used: used.clone(),
+                actor: identity.name.clone(),
+                finished_at: magic_audit::record::now_timestamp(),
+            });
         let output = result?;
         Ok(ExecuteResponse {
             request_id: request_id.to_string(),

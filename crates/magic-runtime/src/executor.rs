@@ -153,6 +153,14 @@ impl Executor {
         }))
     }
 
+    /// Process mode: every zygote on this node (empty in inline mode).
+    pub fn zygotes(&self) -> Vec<crate::sandboxed::ZygoteInfo> {
+        self.process
+            .as_ref()
+            .map(|p| p.zygotes())
+            .unwrap_or_default()
+    }
+
     /// Whether executions run sandboxed (process mode).
     pub fn is_sandboxed(&self) -> bool {
         self.process.is_some()
@@ -340,6 +348,7 @@ impl Executor {
                             log_lines += 1;
                             if log_lines <= MAX_LOG_LINES {
                                 controller_log(&ctx, &level, &message, &fields);
+                                self.metrics.activity.log(&ctx.request_id, &level, &message);
                             } else if log_lines == MAX_LOG_LINES + 1 {
                                 tracing::warn!(request_id = %ctx.request_id, controller = %ctx.controller, event = "log_limit", "controller log lines capped at {MAX_LOG_LINES}");
                             }

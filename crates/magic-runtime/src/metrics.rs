@@ -38,6 +38,9 @@ pub struct Metrics {
     /// `magic_resource_limit_exceeded_total{controller,resource}`.
     pub resource_limit_exceeded: IntCounterVec,
     custom: Mutex<HashMap<(String, String), CustomMetric>>,
+    /// Recent executions, their log lines and per-controller time series (the console's;
+    /// per node, in memory).
+    pub activity: crate::console::activity::Activity,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +157,7 @@ impl Metrics {
             capability_usage,
             resource_limit_exceeded,
             custom: Mutex::new(HashMap::new()),
+            activity: Default::default(),
         })
     }
 

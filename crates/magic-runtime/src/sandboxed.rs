@@ -161,6 +161,33 @@ struct Pool {
     filling: AtomicBool,
 }
 
+/// One version's zygote as the console shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZygoteInfo {
+    /// Controller.
+    pub controller: String,
+    /// Version.
+    pub version: String,
+    /// The zygote's pid when it is alive.
+    pub pid: Option<i32>,
+    /// Pre-forked children ready.
+    pub spares: usize,
+    /// Resident memory of the zygote (`VmRSS`), when readable.
+    pub rss_bytes: Option<u64>,
+}
+
+/// `VmRSS` of `pid` in bytes.
+fn rss_bytes(pid: i32) -> Option<u64> {
+    parse_vm_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// The `VmRSS:` line of a `/proc/<pid>/status` text, in bytes.
+pub fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb = kb.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()?;
+    Some(kb * 1024)
+}
+
 /// Process mode state of the executor.
 pub struct ProcessMode {
     sandbox: Arc<Sandbox>,
@@ -241,6 +268,34 @@ impl ProcessMode {
                 pool.filling.store(false, Ordering::SeqCst);
             });
         }
+    }
+
+    /// Every version's zygote on this node with its resident memory (the console's health
+    /// page). Never waits: a zygote being (re)started right now is reported as not alive.
+    pub fn zygotes(&self) -> Vec<ZygoteInfo> {
+        let pools: Vec<((String, String), Arc<Pool>)> = match self.pools.lock() {
+            Ok(p) => p.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Err(_) => return vec![],
+        };
+        let mut out: Vec<ZygoteInfo> = pools
+            .into_iter()
+            .map(|((controller, version), pool)| {
+                let pid = pool
+                    .zygote
+                    .try_lock()
+                    .ok()
+                    .and_then(|g| g.as_ref().filter(|z| z.is_alive()).map(|z| z.pid()));
+                ZygoteInfo {
+                    controller,
+                    version,
+                    pid,
+                    spares: pool.spares.lock().map(|s| s.len()).unwrap_or(0),
+                    rss_bytes: pid.and_then(rss_bytes),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.controller, &a.version).cmp(&(&b.controller, &b.version)));
+        out
     }
 
     /// Kill what is left of an execution's child and pool its cgroup slot (off the request
