@@ -181,7 +181,10 @@ impl Browser {
             if url.contains(needle) {
                 return url;
             }
-            assert!(Instant::now() < deadline, "waiting for URL {needle:?}: {url}");
+            assert!(
+                Instant::now() < deadline,
+                "waiting for URL {needle:?}: {url}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -345,11 +348,11 @@ async fn console_in_a_real_browser() {
     let page = browser.source().await;
     assert!(page.contains("Capability diff"), "{page}");
     assert!(
-        page.contains("<b>added</b> <span class=\"cap\">fs:temp</span>"),
+        page.contains("<b>added</b> <span class=\"cap\">fs:temp size"),
         "{page}"
     );
     assert!(
-        page.contains("<b>widened</b> <span class=\"cap\">cache:read</span>"),
+        page.contains("<b>widened</b> <span class=\"cap\">cache:read prefix"),
         "{page}"
     );
     browser.screenshot("controller").await;
@@ -430,6 +433,49 @@ async fn console_in_a_real_browser() {
     assert!(browser.url().await.contains("/console/login"));
 
     let _ = browser.cmd(reqwest::Method::DELETE, "", None).await;
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_in_a_real_browser() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let server = Server::start(&[
+        ("MAGIC_REQUIRE_APPROVAL", "1"),
+        ("CONTROLLER_EXECUTION_MODE", "inline"),
+    ]);
+    let url = |p: &str| format!("{}{p}", server.url);
+    let out = server.cli(&["keys", "create", "--role", "approver", "--name", "boss"]);
+    assert!(out.status.success());
+    let boss = String::from_utf8_lossy(&out.stdout).trim().to_string();
+
+    // The admin deploys a controller with capabilities: it waits for a second person.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (v1, _) = write_versions(tmp.path());
+    let out = server.cli(&["deploy", v1.to_str().expect("path")]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("waits for approval"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The approver signs in, sees the request with its capability diff and approves it.
+    browser.goto(&url("/console/approvals")).await;
+    browser.type_into("#credential", &boss).await;
+    browser.click("form.login button[type=submit]").await;
+    let page = browser.wait_text("Deploy approvals").await;
+    assert!(page.contains("ConsoleDemo 1.0.0"), "{page}");
+    assert!(
+        page.contains("<b>added</b> <span class=\"cap\">cache:read prefix"),
+        "{page}"
+    );
+    browser.screenshot("approvals").await;
+    browser.type_into("input[name=reason]", "looks fine").await;
+    browser.click("button[value=approve]").await;
+    browser.wait_text("approved.").await;
+    assert_eq!(active_version(&server).await, "1.0.0");
     server.stop();
 }
 

@@ -238,7 +238,7 @@ mod pycheck;
 mod refs;
 pub mod units;
 
-pub use diff::{capability_diff, CapabilityDiff, WidenedCapability};
+pub use diff::{capability_diff, CapabilityDiff};
 pub use package::{
     check_package, check_package_dir, check_package_path, read_package_dir, Package, PackageKind,
     MAX_PACKAGE_BYTES, MAX_PACKAGE_FILES,

@@ -9,6 +9,7 @@
 //! less than it says.
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod config;
 pub mod console;
@@ -110,6 +111,8 @@ pub struct Runtime {
     pub audit_chain: AuditChain,
     /// Queue triggers and their consumers.
     pub triggers: triggers::Triggers,
+    /// Deploys waiting for a second person's approval.
+    pub approvals: approvals::Approvals,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
 }
@@ -170,6 +173,7 @@ impl Runtime {
             registry.set_allowlist(names.clone());
         }
         let triggers = triggers::Triggers::open(store.clone()).await?;
+        let approvals = approvals::Approvals::open(store.clone()).await?;
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
@@ -200,6 +204,7 @@ impl Runtime {
             audit,
             audit_chain,
             triggers,
+            approvals,
             admin_key_file,
         }))
     }
@@ -233,6 +238,7 @@ impl Runtime {
             ("registry", registry::MIGRATIONS.len() as i64),
             ("auth", auth::MIGRATIONS.len() as i64),
             ("triggers", triggers::MIGRATIONS.len() as i64),
+            ("approvals", approvals::MIGRATIONS.len() as i64),
         ] {
             if !matches!(self.store.is_migrated(component, latest).await, Ok(true)) {
                 migrated = false;

@@ -195,6 +195,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(rt: Arc<Runtime>) -> Router<S> {
         .route("/console/executions/{request_id}", get(pages::execution))
         .route("/console/audit", get(pages::audit))
         .route("/console/approvals", get(pages::approvals))
+        .route("/console/approvals/{id}", post(pages::decide))
         .route("/console/health", get(pages::health))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()

@@ -81,35 +81,30 @@ fn limits(c: &Contract) -> String {
     )
 }
 
-/// The capability diff as a definition list (empty-safe).
+/// The capability diff as a list (empty-safe).
 pub fn diff_html(d: &CapabilityDiff) -> String {
-    if d.is_empty() {
+    if d.added.is_empty() && d.widened.is_empty() && d.removed.is_empty() {
         return html::notice(
             "ok",
-            "Same capabilities: nothing added, widened or removed.",
+            "Same capabilities and limits: nothing added, widened or removed.",
         );
     }
     let mut h = String::from("<ul class=\"diff\">");
-    for c in &d.added {
-        let _ = write!(h, "<li class=\"added\"><b>added</b> {}</li>", cap_detail(c));
-    }
-    for w in &d.widened {
-        let _ = write!(
-            h,
-            "<li class=\"widened\"><b>widened</b> <span class=\"cap\">{}</span>: {}</li>",
-            esc(&w.name),
-            esc(&w.grants.join(", "))
-        );
-    }
-    for c in &d.removed {
-        let _ = write!(
-            h,
-            "<li class=\"removed\"><b>removed</b> {}</li>",
-            cap_detail(c)
-        );
+    for (class, entries) in [
+        ("added", &d.added),
+        ("widened", &d.widened),
+        ("removed", &d.removed),
+    ] {
+        for e in entries {
+            let _ = write!(
+                h,
+                "<li class=\"{class}\"><b>{class}</b> <span class=\"cap\">{}</span></li>",
+                esc(e)
+            );
+        }
     }
     h.push_str("</ul>");
-    if d.grants_more() {
+    if d.widens() {
         h.push_str(&html::notice(
             "warn",
             "The second version may do things the first one could not.",
@@ -294,7 +289,10 @@ pub(super) async fn controller(
                 "<p>From <b>{}</b> to <b>{}</b>:</p>{}",
                 esc(&from),
                 esc(&to),
-                diff_html(&magic_contract::capability_diff(&a.contract, &b.contract))
+                diff_html(&magic_contract::capability_diff(
+                    Some(&a.contract),
+                    &b.contract
+                ))
             );
             if a.contract.resources != b.contract.resources {
                 let _ = write!(
@@ -346,7 +344,7 @@ pub(super) async fn rollback_confirm(
         esc(&active.version.to_string()),
         esc(&active.version.to_string()),
         esc(&to),
-        diff_html(&magic_contract::capability_diff(&active.contract, &target.contract))
+        diff_html(&magic_contract::capability_diff(Some(&active.contract), &target.contract))
     );
     let _ = write!(
         body,
@@ -978,19 +976,161 @@ pub(super) async fn audit(
     render(&v, "Audit log", S, None, &body)
 }
 
+#[derive(Deserialize)]
+pub(super) struct ApprovalsQuery {
+    status: Option<String>,
+    decided: Option<String>,
+}
+
 pub(super) async fn approvals(
-    State(_c): State<Console>,
+    State(c): State<Console>,
     Extension(v): Extension<Viewer>,
+    Query(q): Query<ApprovalsQuery>,
 ) -> Response {
     const S: &str = "/console/approvals";
-    if let Err(r) = need(&v, Permission::List, S) {
+    if let Err(r) = need(&v, Permission::Approve, S) {
         return r;
     }
-    let body = html::notice(
-        "warn",
-        "Approvals are not enabled on this runtime: deploys take effect without a second person's approval.",
-    );
-    render(&v, "Pending approvals", S, None, &body)
+    let mut body = String::new();
+    if let Some(d) = &q.decided {
+        body.push_str(&html::notice("ok", &format!("Request {}.", esc(d))));
+    }
+    if c.rt.config.approvals == crate::approvals::ApprovalMode::Off {
+        body.push_str(&html::notice(
+            "warn",
+            "Approvals are not enabled on this runtime (MAGIC_REQUIRE_APPROVAL): deploys take effect without a second person. Earlier requests are listed below.",
+        ));
+    }
+    let status = match q.status.as_deref() {
+        Some("all") => None,
+        Some(s @ ("approved" | "rejected" | "pending")) => Some(s),
+        _ => Some("pending"),
+    };
+    let links: String = [
+        ("pending", "Pending"),
+        ("approved", "Approved"),
+        ("rejected", "Rejected"),
+        ("all", "All"),
+    ]
+    .iter()
+    .map(|(k, label)| {
+        if status.unwrap_or("all") == *k {
+            format!("<b>{label}</b>")
+        } else {
+            format!("<a href=\"/console/approvals?status={k}\">{label}</a>")
+        }
+    })
+    .collect::<Vec<_>>()
+    .join(" · ");
+    let _ = write!(body, "<nav aria-label=\"Filter\"><p>{links}</p></nav>");
+    let list = match c.rt.approvals.list(status).await {
+        Ok(l) => l,
+        Err(e) => return error_page(&v, e.status(), S, &e.message),
+    };
+    if list.is_empty() {
+        body.push_str("<p>No requests.</p>");
+    }
+    let csrf = v.csrf.as_deref().map(html::csrf_field).unwrap_or_default();
+    for a in list.iter().take(100) {
+        let _ = write!(
+            body,
+            "<section aria-labelledby=\"a-{id}\"><h2 id=\"a-{id}\">{} {} <small>({})</small></h2>\
+             <dl class=\"kv\"><dt>Request</dt><dd class=\"mono\">{}</dd><dt>Requested by</dt><dd>{} at {}</dd><dt>Digest</dt><dd class=\"mono\">{}</dd>{}</dl>\
+             <p>Capabilities compared with the active version:</p>{}",
+            esc(&a.controller),
+            esc(&a.version),
+            esc(&a.status),
+            esc(&a.id),
+            esc(&a.requested_by),
+            esc(&a.requested_at),
+            esc(&a.digest),
+            match (&a.decided_by, &a.decided_at) {
+                (Some(by), Some(at)) => format!(
+                    "<dt>Decided by</dt><dd>{} at {}{}</dd>",
+                    esc(by),
+                    esc(at),
+                    a.reason
+                        .as_deref()
+                        .map(|r| format!(": {}", esc(r)))
+                        .unwrap_or_default()
+                ),
+                _ => String::new(),
+            },
+            diff_html(&a.diff),
+            id = esc(&a.id),
+        );
+        if a.status == "pending" {
+            let own = a.requested_by == v.identity.name;
+            let _ = write!(
+                body,
+                "<form method=\"post\" action=\"/console/approvals/{id}\" class=\"search\">{csrf}\
+                 <div><label for=\"r-{id}\">Reason (optional)</label><input id=\"r-{id}\" name=\"reason\" maxlength=\"1000\"></div>\
+                 <div><button type=\"submit\" name=\"decision\" value=\"approve\"{dis}>Approve and deploy</button> \
+                 <button type=\"submit\" name=\"decision\" value=\"reject\" class=\"danger\"{dis}>Reject</button></div></form>{own}",
+                id = esc(&a.id),
+                dis = if own { " disabled" } else { "" },
+                own = if own {
+                    "<p>You requested this deploy: another identity must decide it.</p>"
+                } else {
+                    ""
+                },
+            );
+        }
+        body.push_str("</section>");
+    }
+    render(&v, "Deploy approvals", S, None, &body)
+}
+
+#[derive(Deserialize)]
+pub(super) struct DecisionForm {
+    csrf: Option<String>,
+    decision: Option<String>,
+    reason: Option<String>,
+}
+
+pub(super) async fn decide(
+    State(c): State<Console>,
+    Extension(v): Extension<Viewer>,
+    Extension(rid): Extension<RequestId>,
+    Path(id): Path<String>,
+    Form(f): Form<DecisionForm>,
+) -> Response {
+    const S: &str = "/console/approvals";
+    if let Err(r) = need(&v, Permission::Approve, S) {
+        return r;
+    }
+    if let Err(r) = need_csrf(&v, f.csrf.as_deref(), S) {
+        return r;
+    }
+    let decision = match f.decision.as_deref() {
+        Some("approve") => crate::approvals::Decision::Approve,
+        Some("reject") => crate::approvals::Decision::Reject,
+        _ => {
+            return error_page(
+                &v,
+                StatusCode::BAD_REQUEST,
+                S,
+                "decision must be approve or reject: nothing was changed",
+            )
+        }
+    };
+    let reason = f.reason.filter(|r| !r.trim().is_empty());
+    match c
+        .rt
+        .approvals
+        .decide(&c.rt, &rid.0, &id, decision, &v.identity, reason)
+        .await
+    {
+        Ok(a) => Redirect::to(&format!(
+            "/console/approvals?decided={}",
+            url_enc(&format!(
+                "{} {}@{} {}",
+                a.id, a.controller, a.version, a.status
+            ))
+        ))
+        .into_response(),
+        Err(e) => error_page(&v, e.status(), S, &e.message),
+    }
 }
 
 pub(super) async fn health(State(c): State<Console>, Extension(v): Extension<Viewer>) -> Response {
