@@ -363,7 +363,11 @@ async fn console_in_a_real_browser() {
         .await;
     let page = browser.source().await;
     assert!(page.contains("<svg"), "charts are inline SVG");
-    assert!(page.len() < 50_000, "executions page is {} bytes", page.len());
+    assert!(
+        page.len() < 50_000,
+        "executions page is {} bytes",
+        page.len()
+    );
     assert!(page.contains(&request_id), "{page}");
     assert!(
         page.contains("E1002"),

@@ -393,6 +393,17 @@ pub async fn wait_oom(c: &Confined) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn vm_rss_is_read_in_bytes() {
+        let status = "Name:\tpython3\nVmPeak:\t  30000 kB\nVmRSS:\t   21608 kB\nThreads:\t1\n";
+        assert_eq!(parse_vm_rss(status), Some(21608 * 1024));
+        for bad in ["", "VmRSS:\tlots\n", "VmRSS:\t12 MB\n", "Name: x\n"] {
+            assert_eq!(parse_vm_rss(bad), None, "{bad:?}");
+        }
+        // This process has one.
+        assert!(rss_bytes(std::process::id() as i32).is_some_and(|b| b > 0));
+    }
+
     fn layer(name: &'static str, active: bool) -> Layer {
         Layer {
             name,
