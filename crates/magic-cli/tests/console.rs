@@ -225,6 +225,7 @@ impl Browser {
 
     /// Save a screenshot as `<dir>/<name>.png` when `MAGIC_CONSOLE_SCREENSHOTS` names a dir.
     async fn screenshot(&self, name: &str) {
+        eprintln!("page {name}: {} bytes", self.source().await.len());
         let Ok(dir) = std::env::var("MAGIC_CONSOLE_SCREENSHOTS") else {
             return;
         };
