@@ -682,6 +682,7 @@ impl Registry {
             actor,
         )
         .await?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
         tx.commit().await.map_err(|e| internal("deploy", e))?;
 
         if let Ok(mut guard) = self.controllers.write() {
@@ -733,6 +734,7 @@ impl Registry {
             .await
             .map_err(|e| internal("rollback", e))?;
         upsert_active(&mut tx, name, &version.to_string(), &now, actor).await?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
         tx.commit().await.map_err(|e| internal("rollback", e))?;
         if let Ok(mut guard) = self.controllers.write() {
             if let Some(entry) = guard.get_mut(name) {
@@ -764,6 +766,25 @@ impl Registry {
         })?;
         decode_files(&files).map_err(|e| internal("decoding a stored package", e))
     }
+}
+
+/// PostgreSQL channel on which a deploy or rollback tells the other nodes to sync.
+pub const NOTIFY_CHANNEL: &str = "magic_registry";
+
+/// On PostgreSQL, `NOTIFY` the other nodes (delivered when `tx` commits, so they read the
+/// committed change). SQLite has no notifications: nodes poll (`MAGIC_REGISTRY_SYNC_MS`).
+async fn notify_nodes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dialect: magic_store::Dialect,
+) -> Result<(), ApiError> {
+    if dialect == magic_store::Dialect::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| internal("notifying the other nodes", e))?;
+    }
+    Ok(())
 }
 
 async fn upsert_active(
