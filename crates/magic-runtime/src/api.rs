@@ -433,7 +433,11 @@ impl Runtime {
                 format!(
                     "{name} already runs {} executions{} (CONTROLLER_MAX_CONCURRENT); retry later",
                     self.config.max_concurrent,
-                    if self.cluster_slots.is_some() { " across the nodes" } else { "" }
+                    if self.cluster_slots.is_some() {
+                        " across the nodes"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         };

@@ -314,6 +314,17 @@ impl Registry {
                     warm(active_version.clone()).await;
                 }
             }
+            // A version another node just stored and is about to activate (the newest one,
+            // new to this node, not active yet): warm it now so the switch is instant.
+            if let (Some(prev), Some(warm), Some((_, newest))) =
+                (previous, self.warm.get(), versions.iter().next_back())
+            {
+                if !Arc::ptr_eq(newest, &active_version)
+                    && !prev.versions.contains_key(&newest.version)
+                {
+                    warm(newest.clone()).await;
+                }
+            }
             let slots = previous
                 .map(|e| e.slots.clone())
                 .unwrap_or_else(|| Arc::new(Semaphore::new(self.max_concurrent)));
@@ -639,10 +650,10 @@ impl Registry {
         // Ready before visible: the package is on disk before any request can pick it.
         let loaded =
             Arc::new(self.load_version(&package.files, &digest, now.clone(), actor.into())?);
-        if let Some(warm) = self.warm.get() {
-            warm(loaded.clone()).await;
-        }
 
+        // Two steps, so that every node warms the new version at the same time: first the
+        // version is stored (not active yet) and the other nodes are told; they load it and
+        // start its zygote while this node starts its own; then traffic switches everywhere.
         let mut tx = self
             .store
             .pool()
@@ -674,6 +685,17 @@ impl Registry {
         .execute(&mut *tx)
         .await
         .map_err(|e| internal("deploy", e))?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
+        tx.commit().await.map_err(|e| internal("deploy", e))?;
+        if let Some(warm) = self.warm.get() {
+            warm(loaded.clone()).await;
+        }
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| internal("deploy", e))?;
         upsert_active(
             &mut tx,
             &contract.name,

@@ -204,7 +204,10 @@ mod tests {
         let local = Arc::new(Semaphore::new(1));
         let a = admit(&local, None, "C", 1).await;
         assert!(a.is_ok());
-        assert_eq!(admit(&local, None, "C", 1).await.err(), Some(Refusal::LocalFull));
+        assert_eq!(
+            admit(&local, None, "C", 1).await.err(),
+            Some(Refusal::LocalFull)
+        );
         drop(a);
         assert!(admit(&local, None, "C", 1).await.is_ok());
     }
