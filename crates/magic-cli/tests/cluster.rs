@@ -192,7 +192,7 @@ struct Nginx {
 }
 
 /// nginx from deploy/nginx.conf in front of `nodes` (addresses `127.0.0.1:PORT`).
-fn start_nginx(dir: &Path, nodes: &[&str]) -> Nginx {
+fn start_nginx(dir: &Path, nodes: &[&str], rate: (&str, &str)) -> Nginx {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
     // Workers run as nobody: they need to reach the temp dirs.
@@ -295,9 +295,8 @@ fn start_nginx(dir: &Path, nodes: &[&str]) -> Nginx {
             ("MAGIC_TLS_KEY", key.display().to_string()),
             ("MAGIC_UPSTREAM_FILE", upstream.display().to_string()),
             ("MAGIC_NGINX_RUNTIME_DIR", run.display().to_string()),
-            // Generous: this test is about routing, not about rate limiting.
-            ("MAGIC_RATE_LIMIT", "2000r/s".into()),
-            ("MAGIC_RATE_BURST", "2000".into()),
+            ("MAGIC_RATE_LIMIT", rate.0.into()),
+            ("MAGIC_RATE_BURST", rate.1.into()),
         ],
     );
     let conf_path = dir.join("nginx.conf");
@@ -428,7 +427,8 @@ async fn three_nodes_behind_nginx_and_prometheus() {
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
 
     let tmp = tempfile::tempdir().unwrap();
-    let nginx = start_nginx(&tmp.path().join("nginx"), &addr_refs);
+    // A generous rate: this test is about routing (the next one is about rate limits).
+    let nginx = start_nginx(&tmp.path().join("nginx"), &addr_refs, ("2000r/s", "2000"));
     let prom = start_prometheus(&tmp.path().join("prometheus"), &addr_refs);
     let client = https_client(&tmp.path().join("nginx/ca.pem"));
     let lb = nginx.https.clone();
@@ -712,6 +712,44 @@ async fn three_nodes_behind_nginx_and_prometheus() {
     b.stop();
     drop(c);
     shared.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_rate_limits_per_client_with_the_envelope() {
+    for tool in ["nginx", "openssl"] {
+        if !have(tool) {
+            eprintln!("SKIPPED: {tool} is not installed (.ci/run installs it)");
+            return;
+        }
+    }
+    let node = Server::start(&[("CONTROLLER_EXECUTION_MODE", "inline")]);
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = node.url.trim_start_matches("http://").to_string();
+    // One request a minute, a burst of two more.
+    let nginx = start_nginx(&tmp.path().join("nginx"), &[&addr], ("1r/m", "2"));
+    let client = https_client(&tmp.path().join("nginx/ca.pem"));
+    let mut statuses = Vec::new();
+    let mut refused = None;
+    for _ in 0..5 {
+        let resp = client
+            .get(format!("{}/api/health", nginx.https))
+            .header("x-request-id", "rate-1")
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status().as_u16() == 429 {
+            let rid = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+            refused = Some((rid, resp.json::<serde_json::Value>().await.unwrap()));
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let (rid, body) = refused.unwrap();
+    assert_eq!(rid, "rate-1");
+    assert_eq!(body["request_id"], "rate-1");
+    assert_eq!(body["error"]["code"], "E3004");
+    drop(nginx);
+    node.stop();
 }
 
 /// Execute `Slow` (sleeping `secs`) on `node`: (status, error code).
