@@ -408,3 +408,19 @@ pub async fn serve(
     }
     served
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8081));
+        assert_eq!(node_name(Some("n1"), addr), "n1");
+        assert_eq!(node_name(Some(" n2 "), addr), "n2");
+        for unset in [None, Some(""), Some("  ")] {
+            let name = node_name(unset, addr);
+            assert!(name.ends_with(":8081") && name.len() > 5, "{name}");
+        }
+    }
+}
