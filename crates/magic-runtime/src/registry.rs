@@ -623,6 +623,7 @@ impl Registry {
             .read()
             .ok()
             .and_then(|g| g.get(&contract.name).map(|e| e.active.version.to_string()));
+        let stored_already = existing.is_some();
         if let Some((existing_digest,)) = existing {
             if existing_digest != digest {
                 return Err(ApiError::new(
@@ -637,13 +638,17 @@ impl Registry {
                     "deployed_digest": existing_digest, "new_digest": digest
                 })));
             }
-            return Ok(DeployOutcome {
-                name: contract.name,
-                version: contract.version.to_string(),
-                digest,
-                result: "unchanged".into(),
-                previous_version: previous,
-            });
+            // Stored but never activated (a deploy interrupted between its two steps, below):
+            // finish it; otherwise there is nothing to do.
+            if previous.is_some() {
+                return Ok(DeployOutcome {
+                    name: contract.name,
+                    version: contract.version.to_string(),
+                    digest,
+                    result: "unchanged".into(),
+                    previous_version: previous,
+                });
+            }
         }
 
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -654,39 +659,10 @@ impl Registry {
         // Two steps, so that every node warms the new version at the same time: first the
         // version is stored (not active yet) and the other nodes are told; they load it and
         // start its zygote while this node starts its own; then traffic switches everywhere.
-        let mut tx = self
-            .store
-            .pool()
-            .begin()
-            .await
-            .map_err(|e| internal("deploy", e))?;
-        sqlx::query(
-            "INSERT INTO controller_versions \
-             (name, version, digest, kind, contract_yaml, files, deployed_at, deployed_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&contract.name)
-        .bind(contract.version.to_string())
-        .bind(&digest)
-        .bind(kind_str(package.kind))
-        .bind(
-            std::str::from_utf8(
-                package
-                    .files
-                    .get("contract.yaml")
-                    .map(|v| v.as_slice())
-                    .unwrap_or_default(),
-            )
-            .unwrap_or_default(),
-        )
-        .bind(&stored)
-        .bind(&now)
-        .bind(actor)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| internal("deploy", e))?;
-        notify_nodes(&mut tx, self.store.dialect()).await?;
-        tx.commit().await.map_err(|e| internal("deploy", e))?;
+        if !stored_already {
+            self.store_version(&contract, &package, &digest, &stored, &now, actor)
+                .await?;
+        }
         if let Some(warm) = self.warm.get() {
             warm(loaded.clone()).await;
         }
@@ -706,7 +682,6 @@ impl Registry {
         .await?;
         notify_nodes(&mut tx, self.store.dialect()).await?;
         tx.commit().await.map_err(|e| internal("deploy", e))?;
-
         if let Ok(mut guard) = self.controllers.write() {
             match guard.get_mut(&contract.name) {
                 Some(entry) => {
@@ -736,6 +711,52 @@ impl Registry {
             result: "deployed".into(),
             previous_version: previous,
         })
+    }
+
+    /// Step one of a deploy: store the version (not active) and tell the other nodes.
+    async fn store_version(
+        &self,
+        contract: &Contract,
+        package: &magic_contract::Package,
+        digest: &str,
+        stored: &str,
+        now: &str,
+        actor: &str,
+    ) -> Result<(), ApiError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| internal("deploy", e))?;
+        sqlx::query(
+            "INSERT INTO controller_versions \
+             (name, version, digest, kind, contract_yaml, files, deployed_at, deployed_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&contract.name)
+        .bind(contract.version.to_string())
+        .bind(digest)
+        .bind(kind_str(package.kind))
+        .bind(
+            std::str::from_utf8(
+                package
+                    .files
+                    .get("contract.yaml")
+                    .map(|v| v.as_slice())
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default(),
+        )
+        .bind(stored)
+        .bind(now)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| internal("deploy", e))?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
+        tx.commit().await.map_err(|e| internal("deploy", e))?;
+        Ok(())
     }
 
     /// Make `version` the active version of `name`.
@@ -862,6 +883,41 @@ pub fn decode_files(s: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hello(version: &str) -> BTreeMap<String, Vec<u8>> {
+        let contract = format!(
+            "name: Hello\nversion: {version}\ninput:\n  type: object\noutput:\n  type: object\n"
+        );
+        let code = "from magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\n\
+                    class Hello(Controller):\n    async def execute(self, input):\n        return {}\n";
+        BTreeMap::from([
+            ("contract.yaml".to_string(), contract.into_bytes()),
+            ("controller.py".to_string(), code.as_bytes().to_vec()),
+        ])
+    }
+
+    #[tokio::test]
+    async fn a_deploy_interrupted_between_its_steps_is_finished_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_memory().await.unwrap();
+        let registry = Registry::open(store.clone(), dir.path(), 2).await.unwrap();
+        let first = registry.deploy(hello("1.0.0"), "t").await.unwrap();
+        assert_eq!(first.result, "deployed");
+        assert_eq!(
+            registry.deploy(hello("1.0.0"), "t").await.unwrap().result,
+            "unchanged"
+        );
+        // As if the node died after step one: the version is stored, never activated.
+        sqlx::query("DELETE FROM controllers")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        registry.reload().await.unwrap();
+        assert!(registry.resolve("Hello", None).is_err());
+        let again = registry.deploy(hello("1.0.0"), "t").await.unwrap();
+        assert_eq!(again.result, "deployed");
+        assert!(registry.resolve("Hello", None).is_ok());
+    }
 
     #[test]
     fn digest_depends_on_paths_and_content() {
