@@ -862,3 +862,93 @@ async fn concurrency_limit_holds_across_nodes_and_a_dead_nodes_slots_come_back()
     drop(b);
     shared.cleanup().await;
 }
+
+/// Every environment variable the server's code reads is documented in `.env.example`, and the
+/// systemd unit is valid.
+#[test]
+fn deployment_files_document_every_setting_and_verify() {
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().map_while(Result::ok) {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    // Read by workers, tests, fuzzers or the OS, not settings of `magic serve`.
+    const NOT_SETTINGS: &[&str] = &[
+        "MAGIC_SOCKET_FD",
+        "MAGIC_PACKAGE_DIR",
+        "HOSTNAME",
+        "MAGIKRUN_FUZZ_SEED",
+        "TEST_REDIS_URL",
+    ];
+    let root = repo_root();
+    let example = std::fs::read_to_string(root.join(".env.example")).unwrap();
+    let documented = |name: &str| {
+        example.lines().any(|l| {
+            l.trim_start_matches('#')
+                .strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
+    };
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(root.join("crates"))
+        .unwrap()
+        .map_while(Result::ok)
+    {
+        let src = krate.path().join("src");
+        if src.is_dir() {
+            rust_files(&src, &mut files);
+        }
+    }
+    let mut missing = std::collections::BTreeSet::new();
+    let mut seen = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for marker in ["env = \"", "var(\"", "get(\""] {
+            for (at, _) in text.match_indices(marker) {
+                let name: String = text[at + marker.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                let closed = text[at + marker.len() + name.len()..].starts_with('"');
+                if name.len() < 4 || !closed || !name.contains('_') {
+                    continue;
+                }
+                if NOT_SETTINGS.contains(&name.as_str()) {
+                    continue;
+                }
+                seen += 1;
+                if !documented(&name) {
+                    missing.insert(name);
+                }
+            }
+        }
+    }
+    assert!(seen > 30, "found only {seen} settings: the scan is broken");
+    assert!(missing.is_empty(), "not in .env.example: {missing:?}");
+
+    if have("systemd-analyze") {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit = std::fs::read_to_string(root.join("deploy/magic.service"))
+            .unwrap()
+            .replace("/usr/local/bin/magic", common::magic_bin());
+        let path = tmp.path().join("magic.service");
+        std::fs::write(&path, unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("SKIPPED: systemd-analyze is not installed; the unit was not verified");
+    }
+}
