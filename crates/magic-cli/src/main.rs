@@ -149,6 +149,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// List, show, approve and reject deploys waiting for approval.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Verify, tail or export the audit log.
     Audit {
         #[command(subcommand)]
@@ -204,7 +211,7 @@ enum SecretsCommand {
 enum KeysCommand {
     /// Create a key and print it (this is the only time it is shown).
     Create {
-        /// Role: admin, deployer, secrets-admin, operator, auditor or executor.
+        /// Role: admin, deployer, secrets-admin, operator, auditor, executor or approver.
         #[arg(long)]
         role: String,
         /// Name (the audit actor is apikey:NAME).
@@ -227,6 +234,40 @@ enum KeysCommand {
     Revoke {
         /// Key ID or name.
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApprovalsCommand {
+    /// List pending requests (--all: decided ones too).
+    List {
+        /// Also list approved and rejected requests.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one request with its capability diff.
+    Show {
+        /// Approval ID.
+        id: String,
+    },
+    /// Approve: the version is deployed and becomes active.
+    Approve {
+        /// Approval ID.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Reject: nothing is deployed.
+    Reject {
+        /// Approval ID.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -330,6 +371,9 @@ struct ServeArgs {
     /// Python interpreter for controllers (default: python3 on PATH).
     #[arg(long, env = "MAGIC_PYTHON")]
     python: Option<PathBuf>,
+    /// Deploys that add or widen capabilities wait for a second person's approval.
+    #[arg(long, env = "MAGIC_REQUIRE_APPROVAL", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    require_approval: bool,
 }
 
 fn main() -> ExitCode {
@@ -378,6 +422,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let client = Client::new(&remote)?;
             let outcome = client.deploy(&files).await?;
+            if outcome["result"] == "pending_approval" {
+                println!(
+                    "{} {} waits for approval {} (a different identity with the approve permission: magic approvals approve {})",
+                    outcome["name"].as_str().unwrap_or_default(),
+                    outcome["version"].as_str().unwrap_or_default(),
+                    outcome["approval_id"].as_str().unwrap_or_default(),
+                    outcome["approval_id"].as_str().unwrap_or_default(),
+                );
+                print_diff(&outcome["diff"]);
+                if trigger_queue.is_some() {
+                    eprintln!("note: --trigger-queue is not set while the deploy waits; set it after approval with magic trigger set");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let verb = if outcome["result"] == "unchanged" {
                 "already deployed"
             } else {
@@ -448,6 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { command, remote } => audit(command, &remote).await,
         Command::Keys { command, remote } => keys(command, &remote).await,
+        Command::Approvals { command, remote } => approvals(command, &remote).await,
         Command::Secrets { command, remote } => secrets(command, &remote).await,
         Command::Rawsql { command, remote } => rawsql(command, &remote).await,
         Command::Trigger { command, remote } => {
@@ -659,6 +718,98 @@ async fn keys(command: KeysCommand, remote: &Remote) -> anyhow::Result<ExitCode>
                     k["id"].as_str().unwrap_or_default()
                 );
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_diff(diff: &serde_json::Value) {
+    for (key, sign) in [("added", "+"), ("widened", "~"), ("removed", "-")] {
+        for entry in diff[key].as_array().cloned().unwrap_or_default() {
+            println!("  {sign} {}", entry.as_str().unwrap_or_default());
+        }
+    }
+}
+
+fn print_approval(a: &serde_json::Value) {
+    println!(
+        "{} {} {} requested by {} at {}: {}{}",
+        a["id"].as_str().unwrap_or_default(),
+        a["controller"].as_str().unwrap_or_default(),
+        a["version"].as_str().unwrap_or_default(),
+        a["requested_by"].as_str().unwrap_or_default(),
+        a["requested_at"].as_str().unwrap_or_default(),
+        a["status"].as_str().unwrap_or_default(),
+        a["decided_by"]
+            .as_str()
+            .map(|by| format!(
+                " by {by}{}",
+                a["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ))
+            .unwrap_or_default()
+    );
+}
+
+async fn approvals(command: ApprovalsCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
+    let client = Client::new(remote)?;
+    let decide = |id: &str, verb: &str, reason: Option<String>| {
+        let mut body = serde_json::json!({});
+        if let Some(r) = reason {
+            body["reason"] = r.into();
+        }
+        (
+            format!("/api/admin/approvals/{}/{verb}", client::segment(id)),
+            body,
+        )
+    };
+    match command {
+        ApprovalsCommand::List { all, json } => {
+            let path = if all {
+                "/api/admin/approvals"
+            } else {
+                "/api/admin/approvals?status=pending"
+            };
+            let list = client.get(path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows = list.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                println!("no {}approval requests", if all { "" } else { "pending " });
+            }
+            for a in rows {
+                print_approval(&a);
+            }
+        }
+        ApprovalsCommand::Show { id } => {
+            let a = client
+                .get(&format!("/api/admin/approvals/{}", client::segment(&id)))
+                .await?;
+            print_approval(&a);
+            println!("digest {}", a["digest"].as_str().unwrap_or_default());
+            print_diff(&a["diff"]);
+        }
+        ApprovalsCommand::Approve { id, reason } => {
+            let (path, body) = decide(&id, "approve", reason);
+            let a = client.post_json(&path, &body).await?;
+            println!(
+                "approved {id}: {} {} is deployed and active",
+                a["controller"].as_str().unwrap_or_default(),
+                a["version"].as_str().unwrap_or_default()
+            );
+        }
+        ApprovalsCommand::Reject { id, reason } => {
+            let (path, body) = decide(&id, "reject", reason);
+            let a = client.post_json(&path, &body).await?;
+            println!(
+                "rejected {id}: {} {} is not deployed",
+                a["controller"].as_str().unwrap_or_default(),
+                a["version"].as_str().unwrap_or_default()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -940,6 +1091,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
     config.allow_degraded_isolation = args.allow_degraded_isolation;
     config.jwt = magic_runtime::config::jwt_config_from_env();
+    if args.require_approval {
+        config.approvals = magic_runtime::approvals::ApprovalMode::Widening;
+    }
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

@@ -16,13 +16,14 @@ use serde_json::json;
 const JWT_SECRET: &str = "auth-test-secret-0123456789abcdef-xyz";
 const ISS: &str = "https://idp.test";
 const AUD: &str = "magic-runtime";
-const ROLES: [&str; 6] = [
+const ROLES: [&str; 7] = [
     "admin",
     "deployer",
     "secrets-admin",
     "operator",
     "auditor",
     "executor",
+    "approver",
 ];
 
 fn now() -> i64 {
@@ -231,14 +232,14 @@ async fn every_endpoint_every_role_every_credential() {
                 method: "GET",
                 path: "/api/admin/controllers".into(),
                 body: None,
-                roles: &["admin", "deployer", "operator", "auditor"],
+                roles: &["admin", "deployer", "operator", "auditor", "approver"],
                 ok: 200,
             },
             Call {
                 method: "GET",
                 path: "/api/admin/controllers/Echo".into(),
                 body: None,
-                roles: &["admin", "deployer", "operator", "auditor"],
+                roles: &["admin", "deployer", "operator", "auditor", "approver"],
                 ok: 200,
             },
             Call {
@@ -359,6 +360,35 @@ async fn every_endpoint_every_role_every_credential() {
                 body: None,
                 roles: &["admin"],
                 ok: 200,
+            },
+            // Approvals are off on this server: the routes answer, with no requests.
+            Call {
+                method: "GET",
+                path: "/api/admin/approvals".into(),
+                body: None,
+                roles: &["admin", "approver"],
+                ok: 200,
+            },
+            Call {
+                method: "GET",
+                path: "/api/admin/approvals/apr_none".into(),
+                body: None,
+                roles: &["admin", "approver"],
+                ok: 404,
+            },
+            Call {
+                method: "POST",
+                path: "/api/admin/approvals/apr_none/approve".into(),
+                body: None,
+                roles: &["admin", "approver"],
+                ok: 404,
+            },
+            Call {
+                method: "POST",
+                path: "/api/admin/approvals/apr_none/reject".into(),
+                body: Some(json!({"reason": "no"})),
+                roles: &["admin", "approver"],
+                ok: 404,
             },
             Call {
                 method: "GET",

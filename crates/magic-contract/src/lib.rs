@@ -229,6 +229,7 @@ impl ContractErrors {
     }
 }
 
+mod diff;
 pub mod egress;
 pub mod names;
 mod package;
@@ -237,6 +238,7 @@ mod pycheck;
 mod refs;
 pub mod units;
 
+pub use diff::{capability_diff, CapabilityDiff};
 pub use package::{
     check_package, check_package_dir, check_package_path, read_package_dir, Package, PackageKind,
     MAX_PACKAGE_BYTES, MAX_PACKAGE_FILES,

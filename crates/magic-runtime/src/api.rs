@@ -65,6 +65,11 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/api/admin/keys", get(list_keys).post(create_key))
         .route("/api/admin/keys/{key}", axum::routing::delete(revoke_key))
         .route("/api/openapi.json", get(openapi))
+        // Deploy approvals (security plane).
+        .route("/api/admin/approvals", get(list_approvals))
+        .route("/api/admin/approvals/{id}", get(get_approval))
+        .route("/api/admin/approvals/{id}/approve", post(approve_deploy))
+        .route("/api/admin/approvals/{id}/reject", post(reject_deploy))
         .route_layer(middleware::from_fn_with_state(rt.clone(), authenticate));
     Router::new()
         .route("/api/health", get(health))
@@ -668,6 +673,7 @@ pub struct PackageFiles {
     responses(
         (status = 201, description = "Deployed", body = DeployOutcome),
         (status = 200, description = "Same content already deployed", body = DeployOutcome),
+        (status = 202, description = "Stored, waiting for approval (approvals on and the version adds or widens capabilities): {name, version, digest, result: pending_approval, approval_id, diff}", body = Object),
         (status = 400, description = "E1004 with every problem in details.problems", body = crate::error::Envelope),
         (status = 409, description = "E1005 version exists with other content", body = crate::error::Envelope),
         (status = 413, description = "package too large", body = crate::error::Envelope)),
@@ -710,6 +716,17 @@ async fn deploy(
                 )
             })?;
         files.insert(path, bytes);
+    }
+    if let crate::approvals::Gate::Pending(approval, _) = rt
+        .approval_gate(&rid.0, &files, &identity)
+        .await
+        .map_err(|e| fail(&rid, e))?
+    {
+        let body = serde_json::json!({
+            "name": approval.controller, "version": approval.version, "digest": approval.digest,
+            "result": "pending_approval", "approval_id": approval.id, "diff": approval.diff,
+        });
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let outcome = rt
         .registry
@@ -1246,7 +1263,7 @@ pub struct CreateKeyRequest {
     /// Name (1-64 of `[A-Za-z0-9._-]`, unique among active keys); the audit actor is
     /// `apikey:NAME`.
     pub name: String,
-    /// Role: admin, deployer, secrets-admin, operator, auditor or executor.
+    /// Role: admin, deployer, secrets-admin, operator, auditor, executor or approver.
     pub role: String,
     /// Lifetime (`30d`, `12h`, `90s`); absent = no expiry.
     pub expires_in: Option<String>,
@@ -1397,6 +1414,134 @@ async fn revoke_key(
     Ok(Json(revoked))
 }
 
+/// `?status=` of the approvals list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ApprovalsQuery {
+    /// `pending`, `approved` or `rejected`; absent = every request.
+    pub status: Option<String>,
+}
+
+/// Optional body of approve and reject.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    /// Why (kept with the request and in the audit record).
+    pub reason: Option<String>,
+}
+
+/// Deploy approval requests, newest first.
+#[utoipa::path(get, path = "/api/admin/approvals", tag = "admin", params(ApprovalsQuery),
+    responses((status = 200, body = Vec<crate::approvals::Approval>),
+              (status = 400, description = "E1002 unknown status", body = crate::error::Envelope)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn list_approvals(
+    State(rt): State<Arc<Runtime>>,
+    Query(query): Query<ApprovalsQuery>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<Vec<crate::approvals::Approval>>, Failure> {
+    require(&identity, Permission::Approve, &rid)?;
+    rt.approvals
+        .list(query.status.as_deref())
+        .await
+        .map(Json)
+        .map_err(|e| fail(&rid, e))
+}
+
+/// One deploy approval request with its capability diff.
+#[utoipa::path(get, path = "/api/admin/approvals/{id}", tag = "admin",
+    params(("id" = String, Path, description = "Approval ID")),
+    responses((status = 200, body = crate::approvals::Approval),
+              (status = 404, description = "E1001", body = crate::error::Envelope)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn get_approval(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Json<crate::approvals::Approval>, Failure> {
+    require(&identity, Permission::Approve, &rid)?;
+    rt.approvals
+        .get(&id)
+        .await
+        .map(Json)
+        .map_err(|e| fail(&rid, e))
+}
+
+async fn decide(
+    rt: &Runtime,
+    rid: &RequestId,
+    identity: &Identity,
+    id: &str,
+    decision: crate::approvals::Decision,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Json<crate::approvals::Approval>, Failure> {
+    require(identity, Permission::Approve, rid)?;
+    let bytes = read_body(body, headers, 64 * 1024)
+        .await
+        .map_err(|e| fail(rid, e))?;
+    let req: DecisionRequest = if bytes.iter().all(u8::is_ascii_whitespace) {
+        DecisionRequest::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| {
+            fail(
+                rid,
+                ApiError::new(
+                    ErrorCode::InputInvalid,
+                    format!("expected {{\"reason\"?: \"...\"}}: {e}"),
+                ),
+            )
+        })?
+    };
+    rt.approvals
+        .decide(rt, &rid.0, id, decision, identity, req.reason)
+        .await
+        .map(Json)
+        .map_err(|e| fail(rid, e))
+}
+
+/// Approve a pending deploy: the stored package is deployed and becomes active. The
+/// identity that requested it cannot approve it (403 E4002).
+#[utoipa::path(post, path = "/api/admin/approvals/{id}/approve", tag = "admin",
+    params(("id" = String, Path, description = "Approval ID")), request_body(content = DecisionRequest, description = "Optional"),
+    responses((status = 200, body = crate::approvals::Approval),
+              (status = 403, description = "E4002: no approve permission, or the requester itself", body = crate::error::Envelope),
+              (status = 404, description = "E1001", body = crate::error::Envelope),
+              (status = 409, description = "already decided", body = crate::error::Envelope)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn approve_deploy(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<crate::approvals::Approval>, Failure> {
+    use crate::approvals::Decision;
+    decide(&rt, &rid, &identity, &id, Decision::Approve, &headers, body).await
+}
+
+/// Reject a pending deploy (nothing is deployed). The requester cannot reject it either.
+#[utoipa::path(post, path = "/api/admin/approvals/{id}/reject", tag = "admin",
+    params(("id" = String, Path, description = "Approval ID")), request_body(content = DecisionRequest, description = "Optional"),
+    responses((status = 200, body = crate::approvals::Approval),
+              (status = 403, description = "E4002", body = crate::error::Envelope),
+              (status = 404, description = "E1001", body = crate::error::Envelope),
+              (status = 409, description = "already decided", body = crate::error::Envelope)),
+    security(("api_key" = []), ("bearer" = [])))]
+async fn reject_deploy(
+    State(rt): State<Arc<Runtime>>,
+    Path(id): Path<String>,
+    Extension(rid): Extension<RequestId>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<crate::approvals::Approval>, Failure> {
+    use crate::approvals::Decision;
+    decide(&rt, &rid, &identity, &id, Decision::Reject, &headers, body).await
+}
+
 async fn not_found(Extension(rid): Extension<RequestId>, req: Request) -> Failure {
     fail(
         &rid,
@@ -1435,11 +1580,12 @@ impl utoipa::Modify for ApiKeyScheme {
     info(title = "Magic Runtime", description = "Execute contract-bound controllers; deploy, inspect and roll them back."),
     paths(execute, health, readyz, metrics, openapi, deploy, list_controllers, controller_status, rollback, export_package,
           audit_verify, audit_records, set_secret, delete_secret, list_secrets, approve_rawsql, revoke_rawsql, list_rawsql,
-          set_trigger, remove_trigger, list_triggers, create_key, list_keys, revoke_key),
+          set_trigger, remove_trigger, list_triggers, create_key, list_keys, revoke_key,
+          list_approvals, get_approval, approve_deploy, reject_deploy),
     components(schemas(ExecuteResponse, ExecuteMetrics, PackageFiles, RollbackRequest, RollbackResponse,
                        DeployOutcome, ControllerSummary, ControllerStatus, crate::registry::VersionInfo, AuditVerifyResponse, SecretValue,
                        TriggerRequest, crate::triggers::Trigger, CreateKeyRequest, crate::auth::KeyInfo,
-                       crate::auth::CreatedKey)),
+                       crate::auth::CreatedKey, crate::approvals::Approval, DecisionRequest)),
     modifiers(&ApiKeyScheme),
     tags((name = "execute"), (name = "admin"), (name = "audit"), (name = "operations"))
 )]
@@ -1547,6 +1693,10 @@ mod tests {
             "/api/admin/triggers/{controller}",
             "/api/admin/keys",
             "/api/admin/keys/{key}",
+            "/api/admin/approvals",
+            "/api/admin/approvals/{id}",
+            "/api/admin/approvals/{id}/approve",
+            "/api/admin/approvals/{id}/reject",
         ] {
             assert!(paths.contains_key(p), "missing {p}");
         }

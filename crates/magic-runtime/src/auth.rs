@@ -93,7 +93,7 @@ pub struct CreatedKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// Unknown role.
-    #[error("unknown role {0:?}: expected one of admin, deployer, secrets-admin, operator, auditor, executor")]
+    #[error("unknown role {0:?}: expected one of admin, deployer, secrets-admin, operator, auditor, executor, approver")]
     UnknownRole(String),
     /// Bad name.
     #[error("key name {0:?} must be 1-64 of [A-Za-z0-9._-]")]

@@ -96,6 +96,9 @@ pub struct ServeConfig {
     /// `JWT_SECRET` (+ `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_ROLE_CLAIM`): accept HS256 bearer
     /// tokens; `None` = API keys only.
     pub jwt: Option<crate::jwt::JwtConfig>,
+    /// When deploys wait for a second person's approval (`MAGIC_REQUIRE_APPROVAL=1` or the
+    /// policy file's `approvals.required_for`).
+    pub approvals: crate::approvals::ApprovalMode,
 }
 
 impl ServeConfig {
@@ -119,6 +122,7 @@ impl ServeConfig {
             python: None,
             allow_degraded_isolation: false,
             jwt: None,
+            approvals: crate::approvals::ApprovalMode::Off,
         }
     }
 

@@ -9,6 +9,7 @@
 //! less than it says.
 
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -113,6 +114,8 @@ pub struct Runtime {
     /// Cross-node execution slots (`REDIS_URL` set): `CONTROLLER_MAX_CONCURRENT` holds across
     /// every node sharing the Redis.
     pub cluster_slots: Option<slots::ClusterSlots>,
+    /// Deploys waiting for a second person's approval.
+    pub approvals: approvals::Approvals,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
     /// This node's name (`MAGIC_NODE_ID`, else `HOSTNAME:PORT`), set once listening; sent as
@@ -190,6 +193,7 @@ impl Runtime {
             registry.set_allowlist(names.clone());
         }
         let triggers = triggers::Triggers::open(store.clone()).await?;
+        let approvals = approvals::Approvals::open(store.clone()).await?;
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
@@ -224,6 +228,7 @@ impl Runtime {
             audit,
             audit_chain,
             triggers,
+            approvals,
             admin_key_file,
             node_id: std::sync::OnceLock::new(),
         }))
@@ -258,6 +263,7 @@ impl Runtime {
             ("registry", registry::MIGRATIONS.len() as i64),
             ("auth", auth::MIGRATIONS.len() as i64),
             ("triggers", triggers::MIGRATIONS.len() as i64),
+            ("approvals", approvals::MIGRATIONS.len() as i64),
         ] {
             if !matches!(self.store.is_migrated(component, latest).await, Ok(true)) {
                 migrated = false;

@@ -13,10 +13,13 @@
 //! | `operator`      | rollback, status, list, triggers                         |
 //! | `auditor`       | audit (verify, tail, export), list, status               |
 //! | `executor`      | execute (optionally limited to listed controllers)      |
+//! | `approver`      | approve (deploy approvals), list, status                 |
 //!
 //! Rollback is the operator's, not the deployer's: making an old version active again is an
 //! operational act, and keeping it apart means a deployer cannot quietly resurrect a version.
-//! `db:rawsql` approvals and API keys are admin-only. Reading the OpenAPI document needs
+//! Approving a deploy is the approver's (and admin's), never the deployer's: the approvals
+//! module also refuses a decision by the identity that asked. `db:rawsql` approvals and API
+//! keys are admin-only. Reading the OpenAPI document needs
 //! only authentication.
 
 /// A role an identity holds.
@@ -34,16 +37,19 @@ pub enum Role {
     Auditor,
     /// Execute controllers.
     Executor,
+    /// Approve or reject pending deploys; list and inspect controllers.
+    Approver,
 }
 
 /// Every role, in the order of the table above.
-pub const ALL_ROLES: [Role; 6] = [
+pub const ALL_ROLES: [Role; 7] = [
     Role::Admin,
     Role::Deployer,
     Role::SecretsAdmin,
     Role::Operator,
     Role::Auditor,
     Role::Executor,
+    Role::Approver,
 ];
 
 impl Role {
@@ -61,6 +67,7 @@ impl Role {
             Role::Operator => "operator",
             Role::Auditor => "auditor",
             Role::Executor => "executor",
+            Role::Approver => "approver",
         }
     }
 }
@@ -98,10 +105,12 @@ pub enum Permission {
     Keys,
     /// Read the OpenAPI document.
     OpenApi,
+    /// List, approve and reject pending deploys.
+    Approve,
 }
 
 /// Every permission.
-pub const ALL_PERMISSIONS: [Permission; 12] = [
+pub const ALL_PERMISSIONS: [Permission; 13] = [
     Permission::Execute,
     Permission::Deploy,
     Permission::List,
@@ -114,6 +123,7 @@ pub const ALL_PERMISSIONS: [Permission; 12] = [
     Permission::AuditRead,
     Permission::Keys,
     Permission::OpenApi,
+    Permission::Approve,
 ];
 
 /// Whether `role` grants `permission` (the table of the module doc).
@@ -129,6 +139,7 @@ pub fn permits(role: Role, permission: Permission) -> bool {
         Role::Operator => matches!(permission, P::Rollback | P::Status | P::List | P::Triggers),
         Role::Auditor => matches!(permission, P::AuditRead | P::List | P::Status),
         Role::Executor => permission == P::Execute,
+        Role::Approver => matches!(permission, P::Approve | P::List | P::Status),
     }
 }
 
@@ -168,6 +179,10 @@ mod tests {
                 &[P::AuditRead, P::List, P::Status, P::OpenApi],
             ),
             (Role::Executor, &[P::Execute, P::OpenApi]),
+            (
+                Role::Approver,
+                &[P::Approve, P::List, P::Status, P::OpenApi],
+            ),
         ];
         assert_eq!(table.len(), ALL_ROLES.len());
         for (role, granted) in table {
@@ -186,6 +201,10 @@ mod tests {
             );
             assert!(!permits(role, P::Keys), "{role} manages keys");
             assert!(!permits(role, P::RawSql), "{role} approves raw SQL");
+            assert!(
+                !(permits(role, P::Deploy) && permits(role, P::Approve)),
+                "{role} deploys and approves deploys"
+            );
         }
     }
 

@@ -225,6 +225,22 @@ impl Registry {
         let _ = self.allowlist.set(names);
     }
 
+    /// E4002 unless `name` may be deployed (`CONTROLLER_ALLOWLIST`).
+    pub fn check_allowed(&self, name: &str) -> Result<(), ApiError> {
+        if let Some(allowed) = self.allowlist.get() {
+            if !allowed.iter().any(|n| n == name) {
+                return Err(ApiError::new(
+                    ErrorCode::NotPermitted,
+                    format!(
+                        "controller {name} is not in CONTROLLER_ALLOWLIST; this runtime deploys only: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Open the registry: apply migrations and load every version from the store.
     pub async fn open(
         store: Store,
@@ -596,18 +612,7 @@ impl Registry {
                     .with_details(serde_json::json!({ "problems": e.0 }))
             })?;
         let contract = package.contract.contract().clone();
-        if let Some(allowed) = self.allowlist.get() {
-            if !allowed.iter().any(|n| n == &contract.name) {
-                return Err(ApiError::new(
-                    ErrorCode::NotPermitted,
-                    format!(
-                        "controller {} is not in CONTROLLER_ALLOWLIST; this runtime deploys only: {}",
-                        contract.name,
-                        allowed.join(", ")
-                    ),
-                ));
-            }
-        }
+        self.check_allowed(&contract.name)?;
         let _admin = self.admin.lock().await;
 
         let existing: Option<(String,)> = sqlx::query_as(
