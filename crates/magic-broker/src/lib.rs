@@ -18,7 +18,7 @@ mod denial;
 mod fs;
 mod http;
 mod queue;
-mod redis_conn;
+pub mod redis_conn;
 mod secrets;
 
 use std::path::PathBuf;
@@ -280,6 +280,12 @@ impl CapabilityBroker {
             "http" => capability::run(&self.http, sink, ctx, &op, args).await,
             other => capability::unknown(sink, ctx, other, &op).await,
         }
+    }
+
+    /// The shared Redis connection (`None` without `REDIS_URL`): the runtime's cross-node
+    /// concurrency slots use it too, under the same key prefix.
+    pub fn redis(&self) -> Option<redis_conn::RedisConn> {
+        self.redis.clone()
     }
 
     /// Is every backing service reachable (`/api/readyz`)?

@@ -14,7 +14,7 @@ use crate::BrokerError;
 
 /// A lazily connected, shared Redis connection.
 #[derive(Clone)]
-pub(crate) struct RedisConn {
+pub struct RedisConn {
     client: redis::Client,
     prefix: String,
     manager: Arc<tokio::sync::Mutex<Option<ConnectionManager>>>,

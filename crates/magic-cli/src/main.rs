@@ -358,6 +358,13 @@ struct ServeArgs {
     /// How often (ms) to pick up deploys and rollbacks made by other nodes on the same store.
     #[arg(long, env = "MAGIC_REGISTRY_SYNC_MS", default_value_t = 500)]
     registry_sync_ms: u64,
+    /// Lifetime of a cross-node execution slot lease in ms (with REDIS_URL); renewed while
+    /// the execution runs, so a dead node's slots come back after it.
+    #[arg(long, env = "MAGIC_SLOT_LEASE_MS", default_value_t = 10_000)]
+    slot_lease_ms: u64,
+    /// This node's name in the X-Magic-Node response header (default HOSTNAME:PORT).
+    #[arg(long, env = "MAGIC_NODE_ID")]
+    node_id: Option<String>,
     /// Comma-separated controller names that may be deployed (unset: any).
     #[arg(long, env = "CONTROLLER_ALLOWLIST")]
     controller_allowlist: Option<String>,
@@ -1078,6 +1085,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .collect()
         });
     config.registry_sync = std::time::Duration::from_millis(args.registry_sync_ms.max(50));
+    config.slot_lease = std::time::Duration::from_millis(args.slot_lease_ms);
+    config.node_id = args.node_id.filter(|s| !s.trim().is_empty());
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
     config.allow_degraded_isolation = args.allow_degraded_isolation;

@@ -79,7 +79,25 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .merge(crate::console::router(rt.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
+        .layer(middleware::map_response(node_header(&rt)))
         .with_state(rt)
+}
+
+/// Adds `X-Magic-Node` (this node's name) to every response (extension: which node of a
+/// cluster answered).
+fn node_header(
+    rt: &Runtime,
+) -> impl Fn(Response) -> std::future::Ready<Response> + Clone + Send + Sync + 'static {
+    let value = rt
+        .node_id
+        .get()
+        .and_then(|id| HeaderValue::from_str(id).ok());
+    move |mut response: Response| {
+        if let Some(v) = &value {
+            response.headers_mut().insert("x-magic-node", v.clone());
+        }
+        std::future::ready(response)
+    }
 }
 
 /// `X-Request-ID`: taken from the request when it is sane (1–128 of `[A-Za-z0-9._:-]`),
@@ -401,7 +419,14 @@ impl Runtime {
         let version = version.map(parse_version).transpose()?;
         let (deployed, slots) = self.registry.resolve(controller, version.as_ref())?;
         let name = deployed.name.as_str();
-        let Ok(_permit) = slots.try_acquire_owned() else {
+        let admitted = crate::slots::admit(
+            &slots,
+            self.cluster_slots.as_ref(),
+            name,
+            self.config.max_concurrent,
+        )
+        .await;
+        let Ok(_permit) = admitted else {
             self.metrics
                 .executions
                 .with_label_values(&[name, "rejected"])
@@ -417,8 +442,13 @@ impl Runtime {
             return Err(ApiError::new(
                 ErrorCode::ConcurrencyLimit,
                 format!(
-                    "{name} already runs {} executions (CONTROLLER_MAX_CONCURRENT); retry later",
-                    self.config.max_concurrent
+                    "{name} already runs {} executions{} (CONTROLLER_MAX_CONCURRENT); retry later",
+                    self.config.max_concurrent,
+                    if self.cluster_slots.is_some() {
+                        " across the nodes"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         };

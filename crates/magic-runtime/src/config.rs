@@ -77,6 +77,12 @@ pub struct ServeConfig {
     /// How often the registry checks the store for deploys and rollbacks made by other nodes
     /// (`MAGIC_REGISTRY_SYNC_MS`).
     pub registry_sync: std::time::Duration,
+    /// `MAGIC_SLOT_LEASE_MS`: lifetime of a cross-node execution slot lease (renewed while
+    /// the execution runs; a dead node's slots come back after it).
+    pub slot_lease: std::time::Duration,
+    /// `MAGIC_NODE_ID`: this node's name in the `X-Magic-Node` response header and logs
+    /// (default `HOSTNAME:PORT`).
+    pub node_id: Option<String>,
     /// `CONTROLLER_ALLOWLIST`: when set, only these controller names may be deployed.
     pub controller_allowlist: Option<Vec<String>>,
     /// The audit log's settings (`AUDIT_*`).
@@ -100,6 +106,8 @@ impl ServeConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServeConfig {
             registry_sync: std::time::Duration::from_millis(500),
+            slot_lease: crate::slots::DEFAULT_LEASE,
+            node_id: None,
             controller_allowlist: None,
             audit: magic_audit::AuditConfig::new(&data_dir),
             broker: magic_broker::BrokerConfig::new(data_dir.clone()),

@@ -22,6 +22,7 @@ pub mod protocol;
 pub mod rbac;
 pub mod registry;
 pub mod sandboxed;
+pub mod slots;
 mod spawn;
 pub mod trace;
 pub mod triggers;
@@ -111,10 +112,30 @@ pub struct Runtime {
     pub audit_chain: AuditChain,
     /// Queue triggers and their consumers.
     pub triggers: triggers::Triggers,
+    /// Cross-node execution slots (`REDIS_URL` set): `CONTROLLER_MAX_CONCURRENT` holds across
+    /// every node sharing the Redis.
+    pub cluster_slots: Option<slots::ClusterSlots>,
     /// Deploys waiting for a second person's approval.
     pub approvals: approvals::Approvals,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
+    /// This node's name (`MAGIC_NODE_ID`, else `HOSTNAME:PORT`), set once listening; sent as
+    /// `X-Magic-Node` on every response.
+    pub node_id: std::sync::OnceLock<String>,
+}
+
+/// This node's name: `MAGIC_NODE_ID` when set, else the host name and the bound port.
+pub fn node_name(configured: Option<&str>, addr: SocketAddr) -> String {
+    if let Some(id) = configured.map(str::trim).filter(|s| !s.is_empty()) {
+        return id.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", addr.port())
 }
 
 /// Build an audit event for the request `request_id`.
@@ -193,7 +214,11 @@ impl Runtime {
         if let Some(hook) = executor.warm_hook() {
             registry.set_warm_hook(hook);
         }
+        let cluster_slots = broker
+            .redis()
+            .map(|r| slots::ClusterSlots::new(r, config.slot_lease));
         Ok(Arc::new(Runtime {
+            cluster_slots,
             config,
             store,
             registry,
@@ -206,6 +231,7 @@ impl Runtime {
             triggers,
             approvals,
             admin_key_file,
+            node_id: std::sync::OnceLock::new(),
         }))
     }
 
@@ -290,6 +316,63 @@ fn spawn_registry_sync(runtime: &Arc<Runtime>) {
     });
 }
 
+/// On PostgreSQL, listen for the `NOTIFY` a deploy or rollback on any node sends and sync at
+/// once (polling stays as the fallback; the listener reconnects after a lost connection).
+fn spawn_registry_listener(runtime: &Arc<Runtime>) {
+    let Some(url) = runtime
+        .config
+        .database_url
+        .clone()
+        .filter(|_| runtime.store.dialect() == magic_store::Dialect::Postgres)
+    else {
+        return;
+    };
+    let weak = Arc::downgrade(runtime);
+    tokio::spawn(async move {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(event = "registry_listen_failed", error = %e, "cannot listen for registry changes; polling only until it reconnects");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = listener.listen(registry::NOTIFY_CHANNEL).await {
+                tracing::warn!(event = "registry_listen_failed", error = %e);
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                continue;
+            }
+            loop {
+                let next =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv()).await;
+                let Some(rt) = weak.upgrade() else { return };
+                match next {
+                    Err(_) => continue, // no news; check the runtime is still alive
+                    Ok(Err(e)) => {
+                        tracing::warn!(event = "registry_listen_failed", error = %e, "registry notifications lost; reconnecting");
+                        break;
+                    }
+                    Ok(Ok(_)) => match rt.registry.sync().await {
+                        Ok(true) => tracing::info!(
+                            event = "registry_synced",
+                            via = "notify",
+                            "picked up a deploy or rollback made by another node"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(event = "registry_sync_failed", error = %e.message)
+                        }
+                    },
+                }
+            }
+        }
+    });
+}
+
 /// Start the runtime and serve until `shutdown` resolves. Returns the bound address through
 /// `on_listening` before serving (useful with port 0).
 pub async fn serve(
@@ -315,6 +398,10 @@ pub async fn serve(
         .await
         .map_err(StartError::Registry)?;
     spawn_registry_sync(&runtime);
+    spawn_registry_listener(&runtime);
+    let _ = runtime
+        .node_id
+        .set(node_name(runtime.config.node_id.as_deref(), addr));
     on_listening(addr, &runtime);
     let app = api::router(runtime.clone());
     let served = axum::serve(listener, app)
@@ -327,4 +414,20 @@ pub async fn serve(
         tracing::error!(error = %e, "audit log shutdown failed");
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8081));
+        assert_eq!(node_name(Some("n1"), addr), "n1");
+        assert_eq!(node_name(Some(" n2 "), addr), "n2");
+        for unset in [None, Some(""), Some("  ")] {
+            let name = node_name(unset, addr);
+            assert!(name.ends_with(":8081") && name.len() > 5, "{name}");
+        }
+    }
 }

@@ -330,6 +330,17 @@ impl Registry {
                     warm(active_version.clone()).await;
                 }
             }
+            // A version another node just stored and is about to activate (the newest one,
+            // new to this node, not active yet): warm it now so the switch is instant.
+            if let (Some(prev), Some(warm), Some((_, newest))) =
+                (previous, self.warm.get(), versions.iter().next_back())
+            {
+                if !Arc::ptr_eq(newest, &active_version)
+                    && !prev.versions.contains_key(&newest.version)
+                {
+                    warm(newest.clone()).await;
+                }
+            }
             let slots = previous
                 .map(|e| e.slots.clone())
                 .unwrap_or_else(|| Arc::new(Semaphore::new(self.max_concurrent)));
@@ -617,6 +628,7 @@ impl Registry {
             .read()
             .ok()
             .and_then(|g| g.get(&contract.name).map(|e| e.active.version.to_string()));
+        let stored_already = existing.is_some();
         if let Some((existing_digest,)) = existing {
             if existing_digest != digest {
                 return Err(ApiError::new(
@@ -631,54 +643,40 @@ impl Registry {
                     "deployed_digest": existing_digest, "new_digest": digest
                 })));
             }
-            return Ok(DeployOutcome {
-                name: contract.name,
-                version: contract.version.to_string(),
-                digest,
-                result: "unchanged".into(),
-                previous_version: previous,
-            });
+            // Stored but never activated (a deploy interrupted between its two steps, below):
+            // finish it; otherwise there is nothing to do.
+            if previous.is_some() {
+                return Ok(DeployOutcome {
+                    name: contract.name,
+                    version: contract.version.to_string(),
+                    digest,
+                    result: "unchanged".into(),
+                    previous_version: previous,
+                });
+            }
         }
 
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         // Ready before visible: the package is on disk before any request can pick it.
         let loaded =
             Arc::new(self.load_version(&package.files, &digest, now.clone(), actor.into())?);
+
+        // Two steps, so that every node warms the new version at the same time: first the
+        // version is stored (not active yet) and the other nodes are told; they load it and
+        // start its zygote while this node starts its own; then traffic switches everywhere.
+        if !stored_already {
+            self.store_version(&contract, &package, &digest, &stored, &now, actor)
+                .await?;
+        }
         if let Some(warm) = self.warm.get() {
             warm(loaded.clone()).await;
         }
-
         let mut tx = self
             .store
             .pool()
             .begin()
             .await
             .map_err(|e| internal("deploy", e))?;
-        sqlx::query(
-            "INSERT INTO controller_versions \
-             (name, version, digest, kind, contract_yaml, files, deployed_at, deployed_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&contract.name)
-        .bind(contract.version.to_string())
-        .bind(&digest)
-        .bind(kind_str(package.kind))
-        .bind(
-            std::str::from_utf8(
-                package
-                    .files
-                    .get("contract.yaml")
-                    .map(|v| v.as_slice())
-                    .unwrap_or_default(),
-            )
-            .unwrap_or_default(),
-        )
-        .bind(&stored)
-        .bind(&now)
-        .bind(actor)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| internal("deploy", e))?;
         upsert_active(
             &mut tx,
             &contract.name,
@@ -687,8 +685,8 @@ impl Registry {
             actor,
         )
         .await?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
         tx.commit().await.map_err(|e| internal("deploy", e))?;
-
         if let Ok(mut guard) = self.controllers.write() {
             match guard.get_mut(&contract.name) {
                 Some(entry) => {
@@ -720,6 +718,52 @@ impl Registry {
         })
     }
 
+    /// Step one of a deploy: store the version (not active) and tell the other nodes.
+    async fn store_version(
+        &self,
+        contract: &Contract,
+        package: &magic_contract::Package,
+        digest: &str,
+        stored: &str,
+        now: &str,
+        actor: &str,
+    ) -> Result<(), ApiError> {
+        let mut tx = self
+            .store
+            .pool()
+            .begin()
+            .await
+            .map_err(|e| internal("deploy", e))?;
+        sqlx::query(
+            "INSERT INTO controller_versions \
+             (name, version, digest, kind, contract_yaml, files, deployed_at, deployed_by) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&contract.name)
+        .bind(contract.version.to_string())
+        .bind(digest)
+        .bind(kind_str(package.kind))
+        .bind(
+            std::str::from_utf8(
+                package
+                    .files
+                    .get("contract.yaml")
+                    .map(|v| v.as_slice())
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_default(),
+        )
+        .bind(stored)
+        .bind(now)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| internal("deploy", e))?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
+        tx.commit().await.map_err(|e| internal("deploy", e))?;
+        Ok(())
+    }
+
     /// Make `version` the active version of `name`.
     pub async fn rollback(
         &self,
@@ -738,6 +782,7 @@ impl Registry {
             .await
             .map_err(|e| internal("rollback", e))?;
         upsert_active(&mut tx, name, &version.to_string(), &now, actor).await?;
+        notify_nodes(&mut tx, self.store.dialect()).await?;
         tx.commit().await.map_err(|e| internal("rollback", e))?;
         if let Ok(mut guard) = self.controllers.write() {
             if let Some(entry) = guard.get_mut(name) {
@@ -769,6 +814,25 @@ impl Registry {
         })?;
         decode_files(&files).map_err(|e| internal("decoding a stored package", e))
     }
+}
+
+/// PostgreSQL channel on which a deploy or rollback tells the other nodes to sync.
+pub const NOTIFY_CHANNEL: &str = "magic_registry";
+
+/// On PostgreSQL, `NOTIFY` the other nodes (delivered when `tx` commits, so they read the
+/// committed change). SQLite has no notifications: nodes poll (`MAGIC_REGISTRY_SYNC_MS`).
+async fn notify_nodes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    dialect: magic_store::Dialect,
+) -> Result<(), ApiError> {
+    if dialect == magic_store::Dialect::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(NOTIFY_CHANNEL)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| internal("notifying the other nodes", e))?;
+    }
+    Ok(())
 }
 
 async fn upsert_active(
@@ -824,6 +888,41 @@ pub fn decode_files(s: &str) -> Result<BTreeMap<String, Vec<u8>>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hello(version: &str) -> BTreeMap<String, Vec<u8>> {
+        let contract = format!(
+            "name: Hello\nversion: {version}\ninput:\n  type: object\noutput:\n  type: object\n"
+        );
+        let code = "from magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\n\
+                    class Hello(Controller):\n    async def execute(self, input):\n        return {}\n";
+        BTreeMap::from([
+            ("contract.yaml".to_string(), contract.into_bytes()),
+            ("controller.py".to_string(), code.as_bytes().to_vec()),
+        ])
+    }
+
+    #[tokio::test]
+    async fn a_deploy_interrupted_between_its_steps_is_finished_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_memory().await.unwrap();
+        let registry = Registry::open(store.clone(), dir.path(), 2).await.unwrap();
+        let first = registry.deploy(hello("1.0.0"), "t").await.unwrap();
+        assert_eq!(first.result, "deployed");
+        assert_eq!(
+            registry.deploy(hello("1.0.0"), "t").await.unwrap().result,
+            "unchanged"
+        );
+        // As if the node died after step one: the version is stored, never activated.
+        sqlx::query("DELETE FROM controllers")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        registry.reload().await.unwrap();
+        assert!(registry.resolve("Hello", None).is_err());
+        let again = registry.deploy(hello("1.0.0"), "t").await.unwrap();
+        assert_eq!(again.result, "deployed");
+        assert!(registry.resolve("Hello", None).is_ok());
+    }
 
     #[test]
     fn digest_depends_on_paths_and_content() {
