@@ -404,7 +404,9 @@ mod tests {
             }
             let failed = failing(&env, &host());
             assert!(failed.contains(item), "{changes:?}: {failed:?}");
-            assert_eq!(failed.len(), 1, "{changes:?}: only {item} fails, got {failed:?}");
+            // Without process isolation the contract limits are not enforced either.
+            let also = usize::from(*item == "process isolation");
+            assert_eq!(failed.len(), 1 + also, "{changes:?}: only {item} fails, got {failed:?}");
         }
         // TLS natively is as good as a proxy; local databases need no TLS.
         let mut env = passing();
