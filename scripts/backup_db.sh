@@ -38,10 +38,10 @@ while [[ $# -gt 0 ]]; do
         --app-database-url) app_url="${2:?--app-database-url needs a value}"; shift 2 ;;
         --data-dir) data_dir="${2:?--data-dir needs a value}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument ${1@Q}" ;;
+        *) usage >&2; usage_error "unknown argument ${1@Q}" ;;
     esac
 done
-[[ -n "$output" ]] || { usage >&2; die "--output is required"; }
+[[ -n "$output" ]] || { usage >&2; usage_error "--output is required"; }
 mkdir -p "$output"
 
 dump() { # URL FILE

@@ -38,7 +38,7 @@ while [[ $# -gt 0 ]]; do
         --role) role="${2:?--role needs a value}"; shift 2 ;;
         --password-file) password_file="${2:?--password-file needs a value}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument ${1@Q}" ;;
+        *) usage >&2; usage_error "unknown argument ${1@Q}" ;;
     esac
 done
 

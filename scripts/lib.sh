@@ -46,3 +46,9 @@ check_identifier() {
 sha256_of() {
     sha256sum "$1" | cut -d' ' -f1
 }
+
+# A usage error: exit 2 (as the magic CLI does).
+usage_error() {
+    echo "error: $*" >&2
+    exit 2
+}

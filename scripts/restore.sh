@@ -36,10 +36,10 @@ while [[ $# -gt 0 ]]; do
         --database-url) url="${2:?--database-url needs a value}"; shift 2 ;;
         --skip-key-check) key_check=0; shift ;;
         -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument ${1@Q}" ;;
+        *) usage >&2; usage_error "unknown argument ${1@Q}" ;;
     esac
 done
-[[ -n "$snapshot" ]] || { usage >&2; die "--snapshot is required"; }
+[[ -n "$snapshot" ]] || { usage >&2; usage_error "--snapshot is required"; }
 [[ -r "$snapshot" ]] || die "cannot read $snapshot"
 need tar
 need sha256sum

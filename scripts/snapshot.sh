@@ -40,10 +40,10 @@ while [[ $# -gt 0 ]]; do
         --data-dir) data_dir="${2:?--data-dir needs a value}"; shift 2 ;;
         --database-url) url="${2:?--database-url needs a value}"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
-        *) usage >&2; die "unknown argument ${1@Q}" ;;
+        *) usage >&2; usage_error "unknown argument ${1@Q}" ;;
     esac
 done
-[[ -n "$output" ]] || { usage >&2; die "--output is required"; }
+[[ -n "$output" ]] || { usage >&2; usage_error "--output is required"; }
 need tar
 need sha256sum
 mkdir -p "$output"

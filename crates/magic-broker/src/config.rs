@@ -138,7 +138,11 @@ impl BrokerConfig {
             config.controller_roles = match v.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "on" | "yes" => true,
                 "0" | "false" | "off" | "no" => false,
-                other => return Err(format!("MAGIC_DB_CONTROLLER_ROLES: {other:?} is not on/off")),
+                other => {
+                    return Err(format!(
+                        "MAGIC_DB_CONTROLLER_ROLES: {other:?} is not on/off"
+                    ))
+                }
             };
         }
         config.egress = magic_egress::EgressConfig::from_env()

@@ -268,7 +268,9 @@ pub const ACTIVE_FILE: &str = "ACTIVE";
 /// What `import` deploys: per controller folder (sorted), its version folders oldest first
 /// and the version to leave active.
 #[allow(clippy::type_complexity)]
-fn import_plan(dir: &Path) -> anyhow::Result<Vec<(String, Vec<std::path::PathBuf>, Option<String>)>> {
+fn import_plan(
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, Vec<std::path::PathBuf>, Option<String>)>> {
     let mut plan = Vec::new();
     let mut names: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -291,7 +293,10 @@ fn import_plan(dir: &Path) -> anyhow::Result<Vec<(String, Vec<std::path::PathBuf
             versions.push((parsed, path));
         }
         if versions.is_empty() {
-            bail!("{} holds no version folders (NAME/VERSION/contract.yaml)", entry.path().display());
+            bail!(
+                "{} holds no version folders (NAME/VERSION/contract.yaml)",
+                entry.path().display()
+            );
         }
         versions.sort();
         let active = match std::fs::read_to_string(entry.path().join(ACTIVE_FILE)) {
@@ -307,7 +312,10 @@ fn import_plan(dir: &Path) -> anyhow::Result<Vec<(String, Vec<std::path::PathBuf
         plan.push((name, versions.into_iter().map(|(_, p)| p).collect(), active));
     }
     if plan.is_empty() {
-        bail!("{} holds no exported controllers (NAME/VERSION/)", dir.display());
+        bail!(
+            "{} holds no exported controllers (NAME/VERSION/)",
+            dir.display()
+        );
     }
     Ok(plan)
 }

@@ -8,6 +8,9 @@ mod common;
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
+/// A setting changed (`Some`) or removed (`None`) from the passing configuration.
+type Change = (&'static str, Option<&'static str>);
+
 fn doctor(env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(common::magic_bin());
     cmd.args(["doctor", "--production"])
@@ -48,7 +51,10 @@ fn production_checklist() {
         ("ALLOWED_ORIGINS", "https://app.example.com"),
         ("AUDIT_LOG_SINK", "file:/var/log/magic/audit.jsonl"),
         ("AUDIT_RETENTION_DAYS", "365"),
-        ("DATABASE_URL", "postgres://magic@db.internal/magic?sslmode=verify-full"),
+        (
+            "DATABASE_URL",
+            "postgres://magic@db.internal/magic?sslmode=verify-full",
+        ),
         ("REDIS_URL", "rediss://cache.internal:6380"),
         ("MAGIC_MASTER_KEY_FILE", &key_s),
     ];
@@ -57,7 +63,7 @@ fn production_checklist() {
     assert!(stdout.contains("every checked item passes"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
 
-    let with = |changes: &[(&'static str, Option<&'static str>)]| {
+    let with = |changes: &[Change]| {
         let mut env: Vec<(&str, &str)> = good
             .iter()
             .filter(|(k, _)| !changes.iter().any(|(c, _)| c == k))
@@ -66,7 +72,7 @@ fn production_checklist() {
         env.extend(changes.iter().filter_map(|(k, v)| v.map(|v| (*k, v))));
         doctor(&env)
     };
-    let table: &[(&[(&'static str, Option<&'static str>)], &[&str])] = &[
+    let table: &[(&[Change], &[&str])] = &[
         (&[("DATABASE_URL", None)], &["database"]),
         (&[("REDIS_URL", None)], &["redis"]),
         (
@@ -84,7 +90,11 @@ fn production_checklist() {
         (&[("CONTROLLER_ALLOWLIST", None)], &["controller allowlist"]),
         (&[("MAGIC_MASTER_KEY_FILE", None)], &["master key"]),
         (
-            &[("DATABASE_URL", None), ("REDIS_URL", None), ("ALLOWED_ORIGINS", Some("*"))],
+            &[
+                ("DATABASE_URL", None),
+                ("REDIS_URL", None),
+                ("ALLOWED_ORIGINS", Some("*")),
+            ],
             &["CORS origins", "database", "redis"],
         ),
     ];
@@ -103,7 +113,9 @@ fn production_checklist() {
         assert_eq!(named, *items, "{changes:?}");
         for item in *items {
             assert!(
-                stdout.lines().any(|l| l.starts_with("FAIL") && l.contains(item)),
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with("FAIL") && l.contains(item)),
                 "{item}: {stdout}"
             );
         }

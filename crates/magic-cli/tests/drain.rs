@@ -117,7 +117,12 @@ fn wait_exit(server: &mut Server, within: Duration) -> (Option<i32>, Duration) {
 fn deploy_sleeper(server: &Server, dir: &Path, seconds: f64) {
     write_controller(
         dir,
-        &contract("Sleeper", "1.0.0", "greeting", "resources: { timeout: 120s }\n"),
+        &contract(
+            "Sleeper",
+            "1.0.0",
+            "greeting",
+            "resources: { timeout: 120s }\n",
+        ),
         &code(
             "Sleeper",
             &format!(
@@ -175,9 +180,15 @@ async fn sigterm_drains_in_flight_executions_and_leaves_nothing_behind() {
 
     // What the runtime uses while it runs: processes (zygote, children), its cgroups.
     let children = descendants(pid);
-    assert!(!children.is_empty(), "the runtime runs a zygote and children");
+    assert!(
+        !children.is_empty(),
+        "the runtime runs a zygote and children"
+    );
     let cgroups = runtime_cgroups(pid);
-    assert!(!cgroups.is_empty(), "the runtime uses cgroups in process mode");
+    assert!(
+        !cgroups.is_empty(),
+        "the runtime uses cgroups in process mode"
+    );
     let data_dir = server.data_dir.clone();
 
     sigterm(&server);
@@ -191,7 +202,10 @@ async fn sigterm_drains_in_flight_executions_and_leaves_nothing_behind() {
                 break;
             }
             Ok(_) => {
-                assert!(Instant::now() < deadline, "still accepting 5s after SIGTERM");
+                assert!(
+                    Instant::now() < deadline,
+                    "still accepting 5s after SIGTERM"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }

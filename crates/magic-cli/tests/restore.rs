@@ -225,7 +225,12 @@ async fn round_trip(database_url: Option<&str>) {
         "restore.sh",
         None,
         &wrong_env,
-        &["--snapshot", tarball.to_str().unwrap(), "--data-dir", data_arg],
+        &[
+            "--snapshot",
+            tarball.to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+        ],
     );
     assert!(!out.status.success());
     assert!(
@@ -238,7 +243,12 @@ async fn round_trip(database_url: Option<&str>) {
             "restore.sh",
             None,
             &env_ref,
-            &["--snapshot", tarball.to_str().unwrap(), "--data-dir", data_arg],
+            &[
+                "--snapshot",
+                tarball.to_str().unwrap(),
+                "--data-dir",
+                data_arg,
+            ],
         ),
         "restore.sh",
     );
@@ -247,7 +257,12 @@ async fn round_trip(database_url: Option<&str>) {
         "restore.sh",
         None,
         &env_ref,
-        &["--snapshot", tarball.to_str().unwrap(), "--data-dir", data_arg],
+        &[
+            "--snapshot",
+            tarball.to_str().unwrap(),
+            "--data-dir",
+            data_arg,
+        ],
     );
     assert!(!again.status.success());
 
@@ -260,7 +275,14 @@ async fn round_trip(database_url: Option<&str>) {
     );
     assert!(restored["head_seq"].as_u64().unwrap() >= seq, "{restored}");
     // The snapshot's head record is in the restored chain, with the same hash.
-    let out = server.cli(&["audit", "export", "--from", &seq.to_string(), "--to", &seq.to_string()]);
+    let out = server.cli(&[
+        "audit",
+        "export",
+        "--from",
+        &seq.to_string(),
+        "--to",
+        &seq.to_string(),
+    ]);
     let record: serde_json::Value = serde_json::from_str(ok(&out, "audit export").trim()).unwrap();
     assert_eq!(record["hash"], hash, "{record}");
     check_serves(&server).await;
@@ -277,7 +299,10 @@ async fn round_trip(database_url: Option<&str>) {
     assert_eq!(status["active_version"], "1.1.0");
     assert_eq!(status["versions"].as_array().unwrap().len(), 3);
     let (status, _, body) = fresh.post("/api/execute/Greeter", "{}").await;
-    assert_eq!((status, &body["version"]), (200, &serde_json::json!("1.1.0")));
+    assert_eq!(
+        (status, &body["version"]),
+        (200, &serde_json::json!("1.1.0"))
+    );
     // Importing again changes nothing.
     ok(
         &fresh.cli(&["import", snap.join("controllers").to_str().unwrap()]),
@@ -291,8 +316,12 @@ async fn round_trip(database_url: Option<&str>) {
     for v in ["1.0.0", "1.1.0", "2.0.0"] {
         assert_eq!(
             std::fs::read(export.join("Greeter").join(v).join("controller.py")).unwrap(),
-            std::fs::read(snap.join("controllers/Greeter").join(v).join("controller.py"))
-                .unwrap()
+            std::fs::read(
+                snap.join("controllers/Greeter")
+                    .join(v)
+                    .join("controller.py")
+            )
+            .unwrap()
         );
     }
     fresh.stop();

@@ -161,7 +161,10 @@ impl ServeConfig {
 }
 
 /// Parse a duration setting: `30`, `30s`, `500ms`, `2m` (a bare number is seconds).
-pub fn parse_duration(setting: &'static str, text: &str) -> Result<std::time::Duration, ConfigError> {
+pub fn parse_duration(
+    setting: &'static str,
+    text: &str,
+) -> Result<std::time::Duration, ConfigError> {
     let t = text.trim();
     let bad = || ConfigError::Invalid {
         setting,

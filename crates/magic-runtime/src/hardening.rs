@@ -377,22 +377,49 @@ mod tests {
     fn each_gap_fails_its_item() {
         type Change = (&'static str, Option<&'static str>);
         let table: &[(&[Change], &str)] = &[
-            (&[("CONTROLLER_EXECUTION_MODE", Some("inline"))], "process isolation"),
-            (&[("MAGIC_ALLOW_DEGRADED_ISOLATION", Some("1"))], "process isolation"),
+            (
+                &[("CONTROLLER_EXECUTION_MODE", Some("inline"))],
+                "process isolation",
+            ),
+            (
+                &[("MAGIC_ALLOW_DEGRADED_ISOLATION", Some("1"))],
+                "process isolation",
+            ),
             (&[("CONTROLLER_ALLOWLIST", None)], "controller allowlist"),
-            (&[("CONTROLLER_ALLOWLIST", Some("9bad"))], "controller allowlist"),
+            (
+                &[("CONTROLLER_ALLOWLIST", Some("9bad"))],
+                "controller allowlist",
+            ),
             (&[("MAGIC_BEHIND_TLS_PROXY", None)], "TLS termination"),
             (&[("JWT_SECRET", Some("short-secret"))], "strong secrets"),
-            (&[("MAGIC_ADMIN_API_KEY", Some("0123456789abcdef"))], "strong secrets"),
-            (&[("ALLOWED_ORIGINS", Some("https://a.example, *"))], "CORS origins"),
+            (
+                &[("MAGIC_ADMIN_API_KEY", Some("0123456789abcdef"))],
+                "strong secrets",
+            ),
+            (
+                &[("ALLOWED_ORIGINS", Some("https://a.example, *"))],
+                "CORS origins",
+            ),
             (&[("AUDIT_LOG_SINK", None)], "audit logging"),
             (&[("AUDIT_RETENTION_DAYS", None)], "audit logging"),
             (&[("DATABASE_URL", None)], "database"),
-            (&[("DATABASE_URL", Some("sqlite:/var/lib/magic/m.db"))], "database"),
-            (&[("DATABASE_URL", Some("postgres://m@db.internal/m"))], "database"),
-            (&[("MAGIC_APP_DATABASE_URL", Some("postgres://m@10.0.0.5/app"))], "database"),
+            (
+                &[("DATABASE_URL", Some("sqlite:/var/lib/magic/m.db"))],
+                "database",
+            ),
+            (
+                &[("DATABASE_URL", Some("postgres://m@db.internal/m"))],
+                "database",
+            ),
+            (
+                &[("MAGIC_APP_DATABASE_URL", Some("postgres://m@10.0.0.5/app"))],
+                "database",
+            ),
             (&[("REDIS_URL", None)], "redis"),
-            (&[("REDIS_URL", Some("redis://cache.internal:6379"))], "redis"),
+            (
+                &[("REDIS_URL", Some("redis://cache.internal:6379"))],
+                "redis",
+            ),
         ];
         for (changes, item) in table {
             let mut env = passing();
@@ -406,7 +433,11 @@ mod tests {
             assert!(failed.contains(item), "{changes:?}: {failed:?}");
             // Without process isolation the contract limits are not enforced either.
             let also = usize::from(*item == "process isolation");
-            assert_eq!(failed.len(), 1 + also, "{changes:?}: only {item} fails, got {failed:?}");
+            assert_eq!(
+                failed.len(),
+                1 + also,
+                "{changes:?}: only {item} fails, got {failed:?}"
+            );
         }
         // TLS natively is as good as a proxy; local databases need no TLS.
         let mut env = passing();
@@ -423,10 +454,7 @@ mod tests {
         let env = passing();
         let mut h = host();
         h.missing_isolation = Some("cgroups".into());
-        assert_eq!(
-            failing(&env, &h),
-            ["process isolation", "resource limits"]
-        );
+        assert_eq!(failing(&env, &h), ["process isolation", "resource limits"]);
         let mut h = host();
         h.master_key_mode = Some(0o644);
         assert_eq!(failing(&env, &h), ["master key"]);

@@ -269,7 +269,11 @@ impl ProcessMode {
             .await
             .unwrap_or_default();
         if left.is_empty() {
-            tracing::info!(event = "sandbox_stopped", zygotes, "zygotes stopped, cgroups removed");
+            tracing::info!(
+                event = "sandbox_stopped",
+                zygotes,
+                "zygotes stopped, cgroups removed"
+            );
         } else {
             tracing::error!(event = "sandbox_stopped", zygotes, left = ?left, "cgroups left behind");
         }

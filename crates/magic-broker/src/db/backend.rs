@@ -383,17 +383,23 @@ async fn begin_as<'a>(
     role: &str,
 ) -> Result<sqlx::Transaction<'a, sqlx::Postgres>, DbFailure> {
     let mut tx = p.begin().await.map_err(failure)?;
-    sqlx::query(&format!("SET LOCAL ROLE {}", super::roles::quote_ident(role)))
-        .execute(&mut *tx)
-        .await
-        .map_err(failure)?;
+    sqlx::query(&format!(
+        "SET LOCAL ROLE {}",
+        super::roles::quote_ident(role)
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(failure)?;
     Ok(tx)
 }
 
 impl AppDb {
     /// The role `ctx`'s statements run under: `None` on SQLite or with roles off. Creates the
     /// role and its grants on first use (idempotent; again while a granted table is missing).
-    pub async fn role_for(&self, ctx: &crate::ExecutionContext) -> Result<Option<String>, DbFailure> {
+    pub async fn role_for(
+        &self,
+        ctx: &crate::ExecutionContext,
+    ) -> Result<Option<String>, DbFailure> {
         let (Some(cache), Pool::Postgres(p)) = (&self.roles, &self.pool) else {
             return Ok(None);
         };

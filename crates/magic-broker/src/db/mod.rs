@@ -500,8 +500,16 @@ mod pg_role_tests {
         };
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let (schema, user) = (format!("roles_{suffix}"), format!("magic_rt_{suffix}"));
-        sql(&admin, &format!("CREATE ROLE {user} LOGIN CREATEROLE NOSUPERUSER")).await;
-        sql(&admin, &format!("CREATE SCHEMA {schema} AUTHORIZATION {user}")).await;
+        sql(
+            &admin,
+            &format!("CREATE ROLE {user} LOGIN CREATEROLE NOSUPERUSER"),
+        )
+        .await;
+        sql(
+            &admin,
+            &format!("CREATE SCHEMA {schema} AUTHORIZATION {user}"),
+        )
+        .await;
         let tmp = tempfile::tempdir().unwrap();
         let mut config = BrokerConfig::new(tmp.path());
         config.app_database_url = Some(format!(
@@ -523,9 +531,15 @@ mod pg_role_tests {
         let role = app.role_for(&c).await.unwrap().unwrap();
         assert!(role.starts_with("magic_ctl_reporter_"), "{role}");
         // Idempotent: again, and from another runtime (fresh cache) on the same database.
-        assert_eq!(app.role_for(&c).await.unwrap().as_deref(), Some(role.as_str()));
+        assert_eq!(
+            app.role_for(&c).await.unwrap().as_deref(),
+            Some(role.as_str())
+        );
         let other = AppDb::connect(&config).await.unwrap();
-        assert_eq!(other.role_for(&c).await.unwrap().as_deref(), Some(role.as_str()));
+        assert_eq!(
+            other.role_for(&c).await.unwrap().as_deref(),
+            Some(role.as_str())
+        );
         let (login, superuser): (bool, bool) =
             sqlx::query_as("SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = $1")
                 .bind(&role)
@@ -536,28 +550,60 @@ mod pg_role_tests {
 
         // What the contract allows runs under the role.
         let r = app
-            .fetch(Some(&role), "SELECT qty FROM orders", values(), &[], 10, 1 << 20)
+            .fetch(
+                Some(&role),
+                "SELECT qty FROM orders",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(r.rows.len(), 1);
         let who = app
-            .fetch(Some(&role), "SELECT current_user::text AS u", values(), &[], 10, 1 << 20)
+            .fetch(
+                Some(&role),
+                "SELECT current_user::text AS u",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(who.rows[0]["u"], serde_json::json!(role));
         let n = app
-            .execute(Some(&role), "INSERT INTO notes (body) VALUES ('x')", values())
+            .execute(
+                Some(&role),
+                "INSERT INTO notes (body) VALUES ('x')",
+                values(),
+            )
             .await
             .unwrap();
-        assert_eq!(n, 1, "db:write tables take inserts (their sequence is granted)");
-        app.execute(Some(&role), "UPDATE notes SET body = 'y' WHERE id = 1", values())
-            .await
-            .unwrap();
+        assert_eq!(
+            n, 1,
+            "db:write tables take inserts (their sequence is granted)"
+        );
+        app.execute(
+            Some(&role),
+            "UPDATE notes SET body = 'y' WHERE id = 1",
+            values(),
+        )
+        .await
+        .unwrap();
 
         // A bypassed broker check: the database itself refuses what the contract does not list.
         permission_denied(
-            app.fetch(Some(&role), "SELECT * FROM payroll", values(), &[], 10, 1 << 20)
-                .await,
+            app.fetch(
+                Some(&role),
+                "SELECT * FROM payroll",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
+            .await,
         );
         permission_denied(
             app.execute(Some(&role), "INSERT INTO orders (qty) VALUES (1)", values())
@@ -569,7 +615,14 @@ mod pg_role_tests {
         );
         // The role ends with the transaction: the pool's connections are the runtime's again.
         let who = app
-            .fetch(None, "SELECT current_user::text AS u", values(), &[], 10, 1 << 20)
+            .fetch(
+                None,
+                "SELECT current_user::text AS u",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
             .await
             .unwrap();
         assert_eq!(who.rows[0]["u"], serde_json::json!(user));

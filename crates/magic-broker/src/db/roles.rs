@@ -86,7 +86,12 @@ pub(crate) fn role_name(database: &str, schema: &str, controller: &str, version:
 /// The statements that create `role` (when missing) and grant it exactly `grants` on the
 /// tables of `schema` that exist (`existing`); sequences are granted separately (they are
 /// looked up per table). Idempotent. Pure.
-pub(crate) fn setup_sql(role: &str, schema: &str, grants: &Grants, existing: &[String]) -> Vec<String> {
+pub(crate) fn setup_sql(
+    role: &str,
+    schema: &str,
+    grants: &Grants,
+    existing: &[String],
+) -> Vec<String> {
     let r = quote_ident(role);
     let literal = role.replace('\'', "''");
     let mut sql = vec![
@@ -94,10 +99,17 @@ pub(crate) fn setup_sql(role: &str, schema: &str, grants: &Grants, existing: &[S
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{literal}') \
              THEN CREATE ROLE {r} NOLOGIN NOINHERIT; END IF; END $$"
         ),
-        format!("GRANT USAGE ON SCHEMA {} TO {r}", quote_ident(schema)),
+        // USAGE on the schema only when the role lacks it (`public` usually grants it to
+        // PUBLIC already, and only the schema's owner could grant it again).
+        format!(
+            "DO $$ BEGIN IF NOT has_schema_privilege('{literal}', '{schema_literal}', 'USAGE') \
+             THEN EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', '{schema_literal}', '{literal}'); \
+             END IF; END $$",
+            schema_literal = schema.replace('\'', "''")
+        ),
     ];
     for (table, privileges) in grants.statements() {
-        if existing.iter().any(|t| *t == table) {
+        if existing.contains(&table) {
             sql.push(format!(
                 "GRANT {privileges} ON TABLE {}.{} TO {r}",
                 quote_ident(schema),
@@ -144,16 +156,29 @@ mod tests {
                 ("orders".to_string(), "SELECT"),
             ]
         );
-        let sql = setup_sql("magic_ctl_x_1", "public", &g, &["orders".into(), "items".into()]);
+        let sql = setup_sql(
+            "magic_ctl_x_1",
+            "public",
+            &g,
+            &["orders".into(), "items".into()],
+        );
         assert_eq!(sql.len(), 4, "{sql:?}");
         assert!(sql[0].contains("CREATE ROLE \"magic_ctl_x_1\" NOLOGIN"));
-        assert_eq!(sql[1], "GRANT USAGE ON SCHEMA \"public\" TO \"magic_ctl_x_1\"");
+        assert_eq!(
+            sql[1],
+            "DO $$ BEGIN IF NOT has_schema_privilege('magic_ctl_x_1', 'public', 'USAGE') \
+             THEN EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', 'public', 'magic_ctl_x_1'); \
+             END IF; END $$"
+        );
         assert!(sql.iter().any(|s| s
             == "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"public\".\"items\" TO \"magic_ctl_x_1\""));
         assert!(sql
             .iter()
             .any(|s| s == "GRANT SELECT ON TABLE \"public\".\"orders\" TO \"magic_ctl_x_1\""));
-        assert!(!sql.iter().any(|s| s.contains("audit_notes")), "missing tables are skipped");
+        assert!(
+            !sql.iter().any(|s| s.contains("audit_notes")),
+            "missing tables are skipped"
+        );
     }
 
     #[test]
