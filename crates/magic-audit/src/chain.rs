@@ -121,8 +121,7 @@ impl AuditChain {
     /// key, catch file sinks up with the chain, start the sinks and the writer task. Must be
     /// called inside a Tokio runtime.
     pub async fn open(store: Store, config: AuditConfig) -> Result<AuditChain, AuditError> {
-        store
-            .migrate(db::COMPONENT, db::MIGRATIONS)
+        crate::migrate(&store)
             .await
             .map_err(|e| AuditError::Store(e.to_string()))?;
         let key = config.key.load()?;

@@ -56,6 +56,12 @@ pub use search::SearchFilter;
 pub use sink::{SinkSpec, SinkStats, SyslogTarget};
 pub use verify::{BadRecord, ChainVerifier, VerifyReport};
 
+/// Apply the audit log's migrations to `store`: what [`AuditChain::open`] does first, and what
+/// `magic migrate` runs.
+pub async fn migrate(store: &magic_store::Store) -> Result<(), magic_store::StoreError> {
+    store.migrate(db::COMPONENT, db::MIGRATIONS).await
+}
+
 /// A security-relevant event, before it is chained. Fields that do not apply stay `None`.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AuditEvent {

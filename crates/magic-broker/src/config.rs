@@ -96,6 +96,10 @@ pub struct BrokerConfig {
     pub limits: BrokerLimits,
     /// How `http:egress` resolves and connects (`EGRESS_RESOLVE_MODE`, trusted roots, caps).
     pub egress: magic_egress::EgressConfig,
+    /// PostgreSQL: run each controller version's statements under its own role, granted
+    /// exactly its contract's tables (`MAGIC_DB_CONTROLLER_ROLES`, default on; needs
+    /// `CREATEROLE`). No effect on SQLite.
+    pub controller_roles: bool,
 }
 
 impl BrokerConfig {
@@ -109,6 +113,7 @@ impl BrokerConfig {
             master_key: MasterKeySource::DataDir,
             limits: BrokerLimits::default(),
             egress: magic_egress::EgressConfig::default(),
+            controller_roles: true,
         }
     }
 
@@ -129,6 +134,17 @@ impl BrokerConfig {
             (None, Some(file)) => MasterKeySource::File(file.into()),
             (None, None) => MasterKeySource::DataDir,
         };
+        if let Some(v) = var("MAGIC_DB_CONTROLLER_ROLES") {
+            config.controller_roles = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "on" | "yes" => true,
+                "0" | "false" | "off" | "no" => false,
+                other => {
+                    return Err(format!(
+                        "MAGIC_DB_CONTROLLER_ROLES: {other:?} is not on/off"
+                    ))
+                }
+            };
+        }
         config.egress = magic_egress::EgressConfig::from_env()
             .map_err(|e| format!("EGRESS_RESOLVE_MODE: {e}"))?;
         Ok(config)

@@ -216,6 +216,17 @@ impl std::fmt::Debug for CapabilityBroker {
     }
 }
 
+/// Apply the broker's migrations (secrets, rawsql approvals, queue) to `store`: what
+/// [`CapabilityBroker::connect`] does first, and what `magic migrate` runs.
+pub async fn migrate(store: &Store) -> Result<(), magic_store::StoreError> {
+    store
+        .migrate("broker_secrets", &secrets::MIGRATIONS)
+        .await?;
+    store.migrate("broker_rawsql", &db::MIGRATIONS).await?;
+    store.migrate("broker_queue", &queue::MIGRATIONS).await?;
+    Ok(())
+}
+
 impl CapabilityBroker {
     /// Build the broker: apply its migrations to `store`, load (or create) the master key,
     /// open the application database (lazily for PostgreSQL, so a database that is down at
@@ -226,11 +237,7 @@ impl CapabilityBroker {
         audit: Arc<dyn AuditSink>,
         store: Store,
     ) -> Result<Self, BrokerInitError> {
-        store
-            .migrate("broker_secrets", &secrets::MIGRATIONS)
-            .await?;
-        store.migrate("broker_rawsql", &db::MIGRATIONS).await?;
-        store.migrate("broker_queue", &queue::MIGRATIONS).await?;
+        migrate(&store).await?;
         let key = secrets::MasterKey::load(&config.master_key, &config.data_dir)
             .map_err(BrokerInitError::MasterKey)?;
         let app = db::AppDb::connect(&config).await?;

@@ -217,9 +217,107 @@ impl Client {
                 write_package(&dir, &package["files"])?;
                 written += 1;
             }
+            if let Some(active) = status["active_version"].as_str() {
+                let file = output.join(&name).join(ACTIVE_FILE);
+                std::fs::write(&file, format!("{active}\n"))
+                    .with_context(|| format!("writing {}", file.display()))?;
+            }
         }
         Ok(written)
     }
+
+    /// Deploy every version of an exported tree (`DIR/NAME/VERSION/`, oldest version first),
+    /// then make the version named in `DIR/NAME/ACTIVE` active again. Versions already
+    /// deployed with the same content are left as they are. Returns
+    /// `(versions deployed or unchanged, controllers)`.
+    pub async fn import(&self, dir: &Path) -> anyhow::Result<(usize, usize)> {
+        let plan = import_plan(dir)?;
+        let (mut versions, controllers) = (0, plan.len());
+        for (name, dirs, active) in plan {
+            let mut last = None;
+            for vdir in dirs {
+                let files = magic_contract::read_package_dir(&vdir).map_err(|e| {
+                    anyhow!(
+                        "{} cannot be deployed: {}",
+                        vdir.display(),
+                        e.to_string().replace('\n', "; ")
+                    )
+                })?;
+                let outcome = self.deploy(&files).await?;
+                last = outcome["version"].as_str().map(str::to_string);
+                versions += 1;
+            }
+            if let Some(active) = active {
+                if last.as_deref() != Some(active.as_str()) {
+                    self.post_json(
+                        &format!("/api/admin/controllers/{}/rollback", segment(&name)),
+                        &serde_json::json!({ "version": active }),
+                    )
+                    .await
+                    .with_context(|| format!("making {name} {active} active again"))?;
+                }
+            }
+        }
+        Ok((versions, controllers))
+    }
+}
+
+/// File beside an exported controller's versions naming its active version.
+pub const ACTIVE_FILE: &str = "ACTIVE";
+
+/// What `import` deploys: per controller folder (sorted), its version folders oldest first
+/// and the version to leave active.
+#[allow(clippy::type_complexity)]
+fn import_plan(
+    dir: &Path,
+) -> anyhow::Result<Vec<(String, Vec<std::path::PathBuf>, Option<String>)>> {
+    let mut plan = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let mut versions = Vec::new();
+        for v in std::fs::read_dir(entry.path())?.flatten() {
+            let path = v.path();
+            if !path.join("contract.yaml").is_file() {
+                continue;
+            }
+            let text = v.file_name().to_string_lossy().into_owned();
+            let parsed = semver::Version::parse(text.trim_start_matches('v')).map_err(|_| {
+                anyhow!("{} is not a version folder (NAME/VERSION/)", path.display())
+            })?;
+            versions.push((parsed, path));
+        }
+        if versions.is_empty() {
+            bail!(
+                "{} holds no version folders (NAME/VERSION/contract.yaml)",
+                entry.path().display()
+            );
+        }
+        versions.sort();
+        let active = match std::fs::read_to_string(entry.path().join(ACTIVE_FILE)) {
+            Ok(t) => Some(t.trim().trim_start_matches('v').to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("reading {name}/{ACTIVE_FILE}")),
+        };
+        if let Some(a) = &active {
+            if !versions.iter().any(|(v, _)| v.to_string() == *a) {
+                bail!("{name}/{ACTIVE_FILE} names {a}, which is not exported");
+            }
+        }
+        plan.push((name, versions.into_iter().map(|(_, p)| p).collect(), active));
+    }
+    if plan.is_empty() {
+        bail!(
+            "{} holds no exported controllers (NAME/VERSION/)",
+            dir.display()
+        );
+    }
+    Ok(plan)
 }
 
 /// Write exported files, refusing any path that would leave `dir` (the server is trusted, but
@@ -267,6 +365,35 @@ mod tests {
         assert_eq!(segment("Invoice_Sync-1.0"), "Invoice_Sync-1.0");
         assert_eq!(segment("a/b c"), "a%2Fb%20c");
         assert_eq!(segment(".."), "..");
+    }
+
+    #[test]
+    fn import_plans_oldest_version_first_and_keeps_the_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for v in ["1.10.0", "1.2.0", "2.0.0"] {
+            let d = dir.path().join("A").join(v);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("contract.yaml"), "x").unwrap();
+        }
+        std::fs::write(dir.path().join("A").join(ACTIVE_FILE), "1.10.0\n").unwrap();
+        let plan = import_plan(dir.path()).unwrap();
+        assert_eq!(plan.len(), 1);
+        let order: Vec<String> = plan[0]
+            .1
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(order, ["1.2.0", "1.10.0", "2.0.0"]);
+        assert_eq!(plan[0].2.as_deref(), Some("1.10.0"));
+        // An ACTIVE that names a version not exported, a non-version folder, nothing at all.
+        std::fs::write(dir.path().join("A").join(ACTIVE_FILE), "9.9.9").unwrap();
+        assert!(import_plan(dir.path()).is_err());
+        std::fs::write(dir.path().join("A").join(ACTIVE_FILE), "2.0.0").unwrap();
+        let d = dir.path().join("A").join("latest");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("contract.yaml"), "x").unwrap();
+        assert!(import_plan(dir.path()).is_err());
+        assert!(import_plan(tempfile::tempdir().unwrap().path()).is_err());
     }
 
     #[test]

@@ -60,8 +60,17 @@ enum Command {
         dir: PathBuf,
     },
     /// Print which isolation layers (namespaces, seccomp, cgroups, …) this host provides to
-    /// process mode; exit 1 when a required one is missing.
-    Doctor,
+    /// process mode; exit 1 when a required one is missing. With `--production`, also check
+    /// the production hardening checklist against the environment (docs/hardening.md); exit 1
+    /// listing every item that fails.
+    Doctor {
+        /// Check the production hardening checklist too.
+        #[arg(long)]
+        production: bool,
+        /// Data dir (to find a generated master key).
+        #[arg(long, env = "MAGIC_DATA_DIR", default_value = "./.magic")]
+        data_dir: PathBuf,
+    },
     /// Create a controller folder that validates and deploys as it is.
     Init {
         /// Controller name (`^[A-Za-z][A-Za-z0-9_]{0,63}$`).
@@ -120,6 +129,35 @@ enum Command {
         output: PathBuf,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Deploy an exported tree (`magic export --all --output DIR`) back: every version, oldest
+    /// first, then the exported active version made active again.
+    Import {
+        /// The exported folder (DIR/NAME/VERSION/, DIR/NAME/ACTIVE).
+        dir: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Apply every database migration `magic serve` applies at start, then exit (prepare a
+    /// production database before the nodes start; `scripts/init_db.sh` runs it).
+    Migrate {
+        /// Data dir (the SQLite store lives here when no DATABASE_URL is given).
+        #[arg(long, env = "MAGIC_DATA_DIR", default_value = "./.magic")]
+        data_dir: PathBuf,
+        /// Runtime store (postgres://… in production).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Online backup of the SQLite databases of a data dir (the runtime store `magic.db` and
+    /// the controllers' `app.db`) into a new folder, safe while the server runs. PostgreSQL is
+    /// backed up with pg_dump (`scripts/backup_db.sh`).
+    Backup {
+        /// Data dir holding the databases.
+        #[arg(long, env = "MAGIC_DATA_DIR", default_value = "./.magic")]
+        data_dir: PathBuf,
+        /// Folder to write the copies to (created; files in it are never overwritten).
+        #[arg(long)]
+        output: PathBuf,
     },
     /// Manage controllers' secrets (values are write-only).
     Secrets {
@@ -310,7 +348,11 @@ enum RawsqlCommand {
 enum AuditCommand {
     /// Verify the hash chain and its signed checkpoints: exit 0 intact, 1 with the first bad
     /// record named.
-    Verify,
+    Verify {
+        /// Print the verification report as JSON (head seq and hash, records checked).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the newest records as JSON lines.
     Tail {
         /// How many records.
@@ -374,6 +416,9 @@ struct ServeArgs {
     /// Deploys that add or widen capabilities wait for a second person's approval.
     #[arg(long, env = "MAGIC_REQUIRE_APPROVAL", value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
     require_approval: bool,
+    /// On SIGTERM, how long in-flight executions may still run (30, 30s, 500ms, 2m).
+    #[arg(long, env = "MAGIC_SHUTDOWN_GRACE", default_value = "30s")]
+    shutdown_grace: String,
 }
 
 fn main() -> ExitCode {
@@ -402,7 +447,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Validate { dir } => Ok(validate(&dir)),
-        Command::Doctor => Ok(doctor()),
+        Command::Doctor {
+            production,
+            data_dir,
+        } => {
+            let isolation = doctor();
+            if !production {
+                return Ok(isolation);
+            }
+            Ok(doctor_production(&data_dir))
+        }
         Command::Init { name, dir } => {
             let dir = scaffold::init(&name, dir)?;
             println!("created {} — try: magic validate {0}", dir.display());
@@ -502,6 +556,55 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = Client::new(&remote)?;
             let written = client.export(name.as_deref(), &output).await?;
             println!("exported {written} version(s) to {}", output.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { dir, remote } => {
+            let (versions, controllers) = Client::new(&remote)?.import(&dir).await?;
+            println!(
+                "imported {versions} version(s) of {controllers} controller(s) from {}",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate {
+            data_dir,
+            database_url,
+        } => {
+            let url = database_url.filter(|u| !u.trim().is_empty());
+            magic_runtime::migrate(url.as_deref(), &data_dir).await?;
+            println!(
+                "migrations applied ({}): {}",
+                if url.is_some() {
+                    "DATABASE_URL".to_string()
+                } else {
+                    format!("SQLite in {}", data_dir.display())
+                },
+                magic_runtime::MIGRATED_COMPONENTS.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { data_dir, output } => {
+            std::fs::create_dir_all(&output)
+                .with_context(|| format!("creating {}", output.display()))?;
+            let mut written = 0;
+            for file in ["magic.db", "app.db"] {
+                let src = data_dir.join(file);
+                if !src.is_file() {
+                    continue;
+                }
+                let dest = output.join(file);
+                magic_runtime::backup_sqlite(&src, &dest)
+                    .await
+                    .with_context(|| format!("backing up {}", src.display()))?;
+                println!("{}", dest.display());
+                written += 1;
+            }
+            if written == 0 {
+                bail!(
+                    "no SQLite database in {} (magic.db, app.db); PostgreSQL is backed up with pg_dump (scripts/backup_db.sh)",
+                    data_dir.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command, remote } => audit(command, &remote).await,
@@ -861,8 +964,16 @@ async fn rawsql(command: RawsqlCommand, remote: &Remote) -> anyhow::Result<ExitC
 async fn audit(command: AuditCommand, remote: &Remote) -> anyhow::Result<ExitCode> {
     let client = Client::new(remote)?;
     match command {
-        AuditCommand::Verify => {
+        AuditCommand::Verify { json } => {
             let r = client.get("/api/admin/audit/verify").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(if r["intact"] == true {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
             if r["intact"] == true {
                 println!(
                     "audit chain intact: {} records, head seq {} ({}), {} signed checkpoints; signing key {}",
@@ -1057,6 +1168,48 @@ fn doctor() -> ExitCode {
     }
 }
 
+/// `magic doctor --production`: the hardening checklist, one line per item.
+fn doctor_production(data_dir: &std::path::Path) -> ExitCode {
+    let env = |k: &str| std::env::var(k).ok();
+    let missing_isolation =
+        magic_runtime::sandboxed::missing_required(&magic_runtime::sandboxed::isolation_layers());
+    let key_file = env("MAGIC_MASTER_KEY_FILE").filter(|v| !v.trim().is_empty());
+    let key_path = key_file
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("master.key"));
+    let master_key_mode = {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(&key_path)
+            .ok()
+            .map(|m| m.permissions().mode())
+    };
+    let facts = magic_runtime::hardening::HostFacts {
+        missing_isolation,
+        master_key_mode,
+        master_key_in_data_dir: key_file.is_none(),
+    };
+    let checks = magic_runtime::hardening::production_checks(&env, &facts);
+    println!();
+    println!("production hardening checklist (docs/hardening.md):");
+    for c in &checks {
+        println!(
+            "{}  {:<22} {}",
+            if c.ok { "pass" } else { "FAIL" },
+            c.item,
+            c.detail
+        );
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.item).collect();
+    if failed.is_empty() {
+        println!("production: every checked item passes");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: not production-ready: {}", failed.join(", "));
+        ExitCode::from(1)
+    }
+}
+
 fn magic_sandbox_missing(layers: &[magic_runtime::sandboxed::Layer]) -> Option<String> {
     magic_runtime::sandboxed::missing_required(layers)
 }
@@ -1094,6 +1247,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.require_approval {
         config.approvals = magic_runtime::approvals::ApprovalMode::Widening;
     }
+    config.shutdown_grace =
+        magic_runtime::config::parse_duration("MAGIC_SHUTDOWN_GRACE", &args.shutdown_grace)?;
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

@@ -266,6 +266,9 @@ async fn every_capability_runs_identically_on_embedded_and_postgres_redis_backen
     let _ = sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&pool)
         .await;
+    let _ = sqlx::raw_sql(common::DROP_UNUSED_CONTROLLER_ROLES)
+        .execute(&pool)
+        .await;
 
     assert_eq!(embedded_output, production_output, "backends disagree");
 }

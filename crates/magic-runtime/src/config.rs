@@ -13,6 +13,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_MAX_CONCURRENT: usize = 10;
 /// Default request body limit (bytes) for execute.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+/// Default `MAGIC_SHUTDOWN_GRACE`: how long SIGTERM waits for in-flight executions.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Request body limit for deploys (a package plus base64 overhead).
 pub const MAX_DEPLOY_BODY: usize = 24 * 1024 * 1024;
 
@@ -99,6 +101,9 @@ pub struct ServeConfig {
     /// When deploys wait for a second person's approval (`MAGIC_REQUIRE_APPROVAL=1` or the
     /// policy file's `approvals.required_for`).
     pub approvals: crate::approvals::ApprovalMode,
+    /// `MAGIC_SHUTDOWN_GRACE`: on SIGTERM, how long in-flight executions may still run before
+    /// they are stopped (E5002).
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -123,6 +128,7 @@ impl ServeConfig {
             allow_degraded_isolation: false,
             jwt: None,
             approvals: crate::approvals::ApprovalMode::Off,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 
@@ -164,6 +170,32 @@ impl ServeConfig {
         }
         Ok(())
     }
+}
+
+/// Parse a duration setting: `30`, `30s`, `500ms`, `2m` (a bare number is seconds).
+pub fn parse_duration(
+    setting: &'static str,
+    text: &str,
+) -> Result<std::time::Duration, ConfigError> {
+    let t = text.trim();
+    let bad = || ConfigError::Invalid {
+        setting,
+        reason: format!("{text:?} is not a duration (e.g. 30, 30s, 500ms, 2m)"),
+    };
+    let (num, unit_ms) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1u64)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    n.checked_mul(unit_ms)
+        .filter(|ms| *ms <= 24 * 3600 * 1000)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(bad)
 }
 
 /// The JWT settings from the environment: `None` when `JWT_SECRET` is unset or empty. Used by
@@ -219,6 +251,26 @@ mod tests {
             ExecutionMode::Process
         );
         assert!(ExecutionMode::parse("thread").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        let table = [
+            ("30", Some(Duration::from_secs(30))),
+            ("30s", Some(Duration::from_secs(30))),
+            ("500ms", Some(Duration::from_millis(500))),
+            ("2m", Some(Duration::from_secs(120))),
+            (" 0 ", Some(Duration::ZERO)),
+            ("", None),
+            ("-1", None),
+            ("1h", None),
+            ("99999999999m", None),
+            ("abc", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_duration("X", text).ok(), want, "{text:?}");
+        }
     }
 
     #[test]

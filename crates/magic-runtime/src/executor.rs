@@ -54,6 +54,20 @@ pub struct Executor {
     metrics: Arc<Metrics>,
     /// Process mode: the sandbox and one zygote pool per deployed version.
     process: Option<Arc<crate::sandboxed::ProcessMode>>,
+    /// Set once the shutdown grace has passed: executions still running are stopped.
+    abort: tokio::sync::watch::Sender<bool>,
+}
+
+/// Resolves once `abort` is set (never, when its sender is gone without setting it).
+async fn aborted(mut abort: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *abort.borrow_and_update() {
+            return;
+        }
+        if abort.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Find the Python interpreter once: `configured`, else `python3` on `PATH`, resolved to the
@@ -124,6 +138,21 @@ impl Executor {
             broker,
             metrics,
             process: None,
+            abort: tokio::sync::watch::channel(false).0,
+        }
+    }
+
+    /// Stop every execution still running (the shutdown grace has passed): each one ends with
+    /// E5002 and is answered and audited like any other failed execution.
+    pub fn abort_in_flight(&self) {
+        self.abort.send_replace(true);
+    }
+
+    /// Stop every zygote and its children and remove the sandbox's cgroups (shutdown; after
+    /// the last execution ended). Blocking until the children are gone.
+    pub async fn shutdown(&self) {
+        if let Some(p) = &self.process {
+            p.shutdown().await;
         }
     }
 
@@ -328,6 +357,8 @@ impl Executor {
         let mut calls: JoinSet<(u64, magic_broker::BrokerReply)> = JoinSet::new();
         let sleep = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline));
         tokio::pin!(sleep);
+        let stop = aborted(self.abort.subscribe());
+        tokio::pin!(stop);
 
         let result: Result<serde_json::Value, ApiError> = 'run: {
             if let Err(e) = write_frame(&mut writer, &execute).await {
@@ -405,6 +436,12 @@ impl Executor {
                         if let Err(e) = write_frame(&mut writer, &frame).await {
                             tracing::debug!(request_id = %ctx.request_id, error = %e, "reply not delivered");
                         }
+                    }
+                    () = &mut stop => {
+                        tracing::warn!(request_id = %ctx.request_id, controller = %ctx.controller, event = "execution_aborted",
+                            "the runtime is shutting down and the grace period has passed: execution stopped");
+                        break 'run Err(ApiError::new(ErrorCode::SandboxUnavailable,
+                            "the runtime shut down before the execution finished (MAGIC_SHUTDOWN_GRACE passed)"));
                     }
                     () = &mut sleep => {
                         timed_out = true;

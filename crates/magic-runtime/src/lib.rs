@@ -15,6 +15,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod executor;
+pub mod hardening;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
@@ -27,6 +28,7 @@ mod spawn;
 pub mod trace;
 pub mod triggers;
 
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -296,6 +298,36 @@ impl Runtime {
     }
 }
 
+/// The components whose migrations `magic serve` applies at start, in order.
+pub const MIGRATED_COMPONENTS: &[&str] = &[
+    "registry",
+    "auth",
+    "triggers",
+    "audit",
+    "broker_secrets",
+    "broker_rawsql",
+    "broker_queue",
+];
+
+/// Apply every migration `magic serve` applies at start to the store `database_url` names
+/// (SQLite in `data_dir` when `None`) and return: `magic migrate` and `scripts/init_db.sh`,
+/// so that a production database is prepared before any node starts.
+pub async fn migrate(database_url: Option<&str>, data_dir: &Path) -> Result<(), StartError> {
+    let store = Store::open(database_url, data_dir).await?;
+    store.migrate("registry", registry::MIGRATIONS).await?;
+    store.migrate("auth", auth::MIGRATIONS).await?;
+    store.migrate("triggers", triggers::MIGRATIONS).await?;
+    magic_audit::migrate(&store).await?;
+    magic_broker::migrate(&store).await?;
+    store.pool().close().await;
+    Ok(())
+}
+
+/// Online backup of one SQLite database file into a new file (`magic backup`).
+pub async fn backup_sqlite(src: &Path, dest: &Path) -> Result<(), StartError> {
+    Ok(Store::sqlite_backup(src, dest).await?)
+}
+
 /// Poll the store for deploys and rollbacks made by other nodes (holds the runtime weakly).
 fn spawn_registry_sync(runtime: &Arc<Runtime>) {
     let weak = Arc::downgrade(runtime);
@@ -404,15 +436,49 @@ pub async fn serve(
         .set(node_name(runtime.config.node_id.as_deref(), addr));
     on_listening(addr, &runtime);
     let app = api::router(runtime.clone());
-    let served = axum::serve(listener, app)
+    // SIGTERM: stop accepting (the listener closes), let in-flight requests finish for up to
+    // the grace period, then stop the executions still running (answered E5002, audited).
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled.send(());
+    };
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| StartError::Listen { addr, source });
+        .into_future();
+    tokio::pin!(server);
+    let grace = runtime.config.shutdown_grace;
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = async {
+            if on_signal.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tracing::info!(event = "draining", grace_ms = grace.as_millis() as u64,
+                "no longer accepting connections; waiting for in-flight executions");
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(event = "grace_expired", "MAGIC_SHUTDOWN_GRACE passed: stopping executions still running");
+            runtime.executor.abort_in_flight();
+            // The stopped executions are answered and audited; then the connections close.
+            match tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(event = "shutdown_forced", "connections still open 5s after the grace period; closing them");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let served = served.map_err(|source| StartError::Listen { addr, source });
     runtime.triggers.stop_all();
+    // Zygotes and their children stopped, the sandbox's cgroups removed.
+    runtime.executor.shutdown().await;
     // Every answered request's records are committed; seal the tail with a final checkpoint.
     if let Err(e) = runtime.audit_chain.shutdown().await {
         tracing::error!(error = %e, "audit log shutdown failed");
     }
+    tracing::info!(event = "stopped", "runtime stopped");
     served
 }
 

@@ -298,6 +298,42 @@ impl ProcessMode {
         out
     }
 
+    /// Shutdown: terminate every zygote (its PID namespace, so every child, ends with it), drop
+    /// the spare children and remove the sandbox's cgroups.
+    pub async fn shutdown(&self) {
+        let pools: Vec<Arc<Pool>> = self
+            .pools
+            .lock()
+            .map(|mut p| p.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        let mut zygotes = 0;
+        for pool in pools {
+            if let Ok(mut spares) = pool.spares.lock() {
+                for c in spares.drain(..) {
+                    let (_, confined) = c.split();
+                    confined.kill();
+                }
+            }
+            if let Some(z) = pool.zygote.lock().await.take() {
+                z.terminate();
+                zygotes += 1;
+            }
+        }
+        let sb = self.sandbox.clone();
+        let left = tokio::task::spawn_blocking(move || sb.remove_cgroups())
+            .await
+            .unwrap_or_default();
+        if left.is_empty() {
+            tracing::info!(
+                event = "sandbox_stopped",
+                zygotes,
+                "zygotes stopped, cgroups removed"
+            );
+        } else {
+            tracing::error!(event = "sandbox_stopped", zygotes, left = ?left, "cgroups left behind");
+        }
+    }
+
     /// Kill what is left of an execution's child and pool its cgroup slot (off the request
     /// path), then top up `v`'s spares.
     pub fn release(&self, c: Confined, v: &Arc<DeployedVersion>) {

@@ -325,6 +325,59 @@ impl CgroupPool {
     }
 }
 
+impl CgroupPool {
+    /// Remove the whole pool at shutdown: every slot (free or still held by a child that was
+    /// never released) is emptied (SIGKILL, waiting until it is empty) and removed, then the
+    /// pool's base directories. Blocking. Returns the directories that could not be removed.
+    pub fn remove_all(&self) -> Vec<PathBuf> {
+        if let Ok(mut f) = self.free.lock() {
+            f.clear();
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for b in &self.bases {
+            if let Ok(entries) = std::fs::read_dir(b) {
+                for e in entries.flatten() {
+                    if e.path().is_dir() {
+                        names.insert(e.file_name());
+                    }
+                }
+            }
+        }
+        let mut left = Vec::new();
+        for name in names {
+            let slot = Slot {
+                dirs: self.bases.iter().map(|b| b.join(&name)).collect(),
+                v2: matches!(self.layout, CgroupLayout::V2(_)),
+                oom_base: 0,
+            };
+            slot.kill_all();
+            for d in &slot.dirs {
+                if !remove_cgroup_dir(d) {
+                    left.push(d.clone());
+                }
+            }
+        }
+        for b in &self.bases {
+            if !remove_cgroup_dir(b) {
+                left.push(b.clone());
+            }
+        }
+        left
+    }
+}
+
+/// `rmdir` a cgroup, retrying briefly while the kernel still counts a dying process in it.
+fn remove_cgroup_dir(dir: &Path) -> bool {
+    for _ in 0..200 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+        }
+    }
+    !dir.exists()
+}
+
 /// Whether `name` is a pool directory of a runtime whose process is gone.
 pub fn is_stale_pool(name: &str, pid_alive: impl Fn(u32) -> bool) -> bool {
     name.strip_prefix("magic-")

@@ -312,6 +312,16 @@ impl Sandbox {
         self.cgroups.as_ref().map(|c| c.layout().clone())
     }
 
+    /// Shutdown, after every zygote was terminated: kill whatever is left in the sandbox's
+    /// cgroups and remove them (the pool's directories in every hierarchy). Blocking. Returns
+    /// the cgroup directories that could not be removed (empty when all are gone).
+    pub fn remove_cgroups(&self) -> Vec<PathBuf> {
+        self.cgroups
+            .as_ref()
+            .map(cgroup::CgroupPool::remove_all)
+            .unwrap_or_default()
+    }
+
     /// Kill what is left of `child` and return its cgroup slot to the pool. Blocking (waits
     /// until the slot is empty): call from a blocking context.
     pub fn release(&self, child: Confined) {

@@ -125,6 +125,36 @@ impl Store {
         Self::connect(&url, dialect).await
     }
 
+    /// Online backup of the SQLite database file `src` into `dest` (a new file, consistent
+    /// even while a server writes to `src`: `VACUUM INTO` reads one snapshot). Refuses to
+    /// overwrite `dest`.
+    pub async fn sqlite_backup(src: &Path, dest: &Path) -> Result<(), StoreError> {
+        use sqlx::ConnectOptions as _;
+        if !src.is_file() {
+            return Err(StoreError::DataDir {
+                path: src.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such database"),
+            });
+        }
+        if dest.exists() {
+            return Err(StoreError::DataDir {
+                path: dest.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists"),
+            });
+        }
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(src)
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        sqlx::query("VACUUM INTO ?1")
+            .bind(dest.to_string_lossy().into_owned())
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Open an in-memory SQLite store (tests).
     pub async fn open_in_memory() -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();

@@ -42,6 +42,16 @@ enum Pool {
 pub(crate) struct AppDb {
     pool: Pool,
     tables: Arc<RwLock<TableCache>>,
+    /// PostgreSQL per-controller roles (`None`: off, or SQLite).
+    roles: Option<Arc<RoleCache>>,
+}
+
+/// Roles set up so far (with every granted table present), and the database and schema
+/// their names are derived from.
+#[derive(Debug, Default)]
+pub(crate) struct RoleCache {
+    ready: tokio::sync::Mutex<std::collections::HashSet<String>>,
+    location: tokio::sync::OnceCell<(String, String)>,
 }
 
 /// A failure while running a statement.
@@ -76,6 +86,7 @@ fn failure(e: sqlx::Error) -> DbFailure {
 }
 
 /// The outcome of a statement.
+#[derive(Debug)]
 pub(crate) struct Fetched {
     /// Decoded rows (for statements that return rows).
     pub rows: Vec<Map<String, Value>>,
@@ -141,9 +152,12 @@ impl AppDb {
                 Pool::Sqlite(Self::sqlite(opts, false, &config.limits).await?)
             }
         };
+        let roles = (config.controller_roles && matches!(pool, Pool::Postgres(_)))
+            .then(|| Arc::new(RoleCache::default()));
         Ok(AppDb {
             pool,
             tables: Arc::default(),
+            roles,
         })
     }
 
@@ -266,6 +280,7 @@ impl AppDb {
     /// counted against the caps: more than `max_rows` rows or `max_bytes` bytes is an error.
     pub async fn fetch(
         &self,
+        role: Option<&str>,
         sql: &str,
         values: Values,
         classes: &[ColumnClass],
@@ -301,13 +316,26 @@ impl AppDb {
                     push(decode_sqlite(&row, classes)?)?;
                 }
             }
-            Pool::Postgres(p) => {
-                let q = bind_all!(sqlx::query(sql), values);
-                let mut stream = q.fetch(p);
-                while let Some(row) = stream.try_next().await.map_err(failure)? {
-                    push(decode_pg(&row)?)?;
+            Pool::Postgres(p) => match role {
+                None => {
+                    let q = bind_all!(sqlx::query(sql), values);
+                    let mut stream = q.fetch(p);
+                    while let Some(row) = stream.try_next().await.map_err(failure)? {
+                        push(decode_pg(&row)?)?;
+                    }
                 }
-            }
+                Some(role) => {
+                    let mut tx = begin_as(p, role).await?;
+                    {
+                        let q = bind_all!(sqlx::query(sql), values);
+                        let mut stream = q.fetch(&mut *tx);
+                        while let Some(row) = stream.try_next().await.map_err(failure)? {
+                            push(decode_pg(&row)?)?;
+                        }
+                    }
+                    tx.commit().await.map_err(failure)?;
+                }
+            },
         }
         let n = rows.len() as u64;
         Ok(Fetched {
@@ -317,7 +345,22 @@ impl AppDb {
     }
 
     /// Run a statement that returns no rows; answers rows affected.
-    pub async fn execute(&self, sql: &str, values: Values) -> Result<u64, DbFailure> {
+    pub async fn execute(
+        &self,
+        role: Option<&str>,
+        sql: &str,
+        values: Values,
+    ) -> Result<u64, DbFailure> {
+        if let (Pool::Postgres(p), Some(role)) = (&self.pool, role) {
+            let mut tx = begin_as(p, role).await?;
+            let n = bind_all!(sqlx::query(sql), values)
+                .execute(&mut *tx)
+                .await
+                .map_err(failure)?
+                .rows_affected();
+            tx.commit().await.map_err(failure)?;
+            return Ok(n);
+        }
         Ok(match &self.pool {
             Pool::Sqlite(p) => bind_all!(sqlx::query(sql), values)
                 .execute(p)
@@ -330,6 +373,145 @@ impl AppDb {
                 .map_err(failure)?
                 .rows_affected(),
         })
+    }
+}
+
+/// A transaction whose statements run as `role` (`SET LOCAL ROLE`: it ends with the
+/// transaction, the pooled connection goes back as the runtime's user).
+async fn begin_as<'a>(
+    p: &'a PgPool,
+    role: &str,
+) -> Result<sqlx::Transaction<'a, sqlx::Postgres>, DbFailure> {
+    let mut tx = p.begin().await.map_err(failure)?;
+    sqlx::query(&format!(
+        "SET LOCAL ROLE {}",
+        super::roles::quote_ident(role)
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(failure)?;
+    Ok(tx)
+}
+
+impl AppDb {
+    /// The role `ctx`'s statements run under: `None` on SQLite or with roles off. Creates the
+    /// role and its grants on first use (idempotent; again while a granted table is missing).
+    pub async fn role_for(
+        &self,
+        ctx: &crate::ExecutionContext,
+    ) -> Result<Option<String>, DbFailure> {
+        let (Some(cache), Pool::Postgres(p)) = (&self.roles, &self.pool) else {
+            return Ok(None);
+        };
+        let (database, schema) = cache
+            .location
+            .get_or_try_init(|| async {
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT current_database()::text, current_schema()::text",
+                )
+                .fetch_one(p)
+                .await
+                .map_err(failure)
+            })
+            .await?
+            .clone();
+        let role = super::roles::role_name(&database, &schema, &ctx.controller, &ctx.version);
+        let mut ready = cache.ready.lock().await;
+        if ready.contains(&role) {
+            return Ok(Some(role));
+        }
+        let grants = super::roles::Grants::of(&ctx.contract);
+        let wanted: Vec<String> = grants.statements().into_iter().map(|(t, _)| t).collect();
+        let existing: Vec<(String,)> = sqlx::query_as(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        )
+        .bind(&schema)
+        .bind(&wanted)
+        .fetch_all(p)
+        .await
+        .map_err(failure)?;
+        let existing: Vec<String> = existing.into_iter().map(|(t,)| t).collect();
+        let mut sql = super::roles::setup_sql(&role, &schema, &grants, &existing);
+        // Sequences owned by the written tables' columns (serial / identity), for INSERT.
+        for table in grants.write.iter().filter(|t| existing.contains(t)) {
+            let qualified = format!(
+                "{}.{}",
+                super::roles::quote_ident(&schema),
+                super::roles::quote_ident(table)
+            );
+            let seqs: Vec<(String,)> = sqlx::query_as(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(s.relname) \
+                 FROM pg_depend d JOIN pg_class s ON s.oid = d.objid \
+                 JOIN pg_namespace n ON n.oid = s.relnamespace \
+                 WHERE d.classid = 'pg_class'::regclass AND d.refobjid = $1::regclass \
+                   AND s.relkind = 'S'",
+            )
+            .bind(&qualified)
+            .fetch_all(p)
+            .await
+            .map_err(failure)?;
+            for (seq,) in seqs {
+                sql.push(format!(
+                    "GRANT USAGE, SELECT ON SEQUENCE {seq} TO {}",
+                    super::roles::quote_ident(&role)
+                ));
+            }
+        }
+        // SET ROLE needs membership (a CREATEROLE user may grant it to itself).
+        sql.push(format!(
+            "GRANT {} TO CURRENT_USER",
+            super::roles::quote_ident(&role)
+        ));
+        // Several nodes may set the same role up at once: a lost race is retried once.
+        let mut attempt = 0;
+        loop {
+            let mut failed = None;
+            for statement in &sql {
+                if let Err(e) = sqlx::query(statement).execute(p).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => break,
+                Some(e) if attempt == 0 && !magic_store::is_unavailable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Some(e) => {
+                    tracing::error!(role = %role, error = %e, "cannot set up the controller's database role (the runtime's database user needs CREATEROLE and ownership of the tables)");
+                    return Err(failure(e));
+                }
+            }
+        }
+        if existing.len() == wanted.len() {
+            ready.insert(role.clone());
+        }
+        Ok(Some(role))
+    }
+
+    /// Drop a controller version's role (when a version is removed): its grants go with it.
+    #[allow(dead_code)]
+    pub async fn drop_role(&self, controller: &str, version: &str) -> Result<(), DbFailure> {
+        let (Some(cache), Pool::Postgres(p)) = (&self.roles, &self.pool) else {
+            return Ok(());
+        };
+        let Some((database, schema)) = cache.location.get().cloned() else {
+            return Ok(());
+        };
+        let role = super::roles::role_name(&database, &schema, controller, version);
+        let q = super::roles::quote_ident(&role);
+        let literal = role.replace('\'', "''");
+        sqlx::query(&format!(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{literal}') THEN \
+             EXECUTE 'DROP OWNED BY {q}'; EXECUTE 'DROP ROLE {q}'; END IF; END $$"
+        ))
+        .execute(p)
+        .await
+        .map_err(failure)?;
+        cache.ready.lock().await.remove(&role);
+        Ok(())
     }
 }
 

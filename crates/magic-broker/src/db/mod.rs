@@ -10,6 +10,7 @@
 
 mod backend;
 mod plan;
+mod roles;
 mod values;
 
 use magic_contract::{Capability, ErrorCode};
@@ -118,8 +119,18 @@ impl DbModule {
             .collect())
     }
 
-    async fn run_structured(&self, op: &DbOp, table: &str) -> Performed {
+    async fn run_structured(&self, ctx: &ExecutionContext, op: &DbOp, table: &str) -> Performed {
         let details = |rows: Option<u64>| json!({ "op": op_name(op), "rows": rows });
+        let role = match self.app.role_for(ctx).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Performed {
+                    result: Err(e.into()),
+                    details: details(None),
+                }
+            }
+        };
+        let role = role.as_deref();
         let info = match self.app.table_info(table).await {
             Ok(i) => i,
             Err(e) => {
@@ -142,6 +153,7 @@ impl DbModule {
             Answer::Rows | Answer::OneRow => self
                 .app
                 .fetch(
+                    role,
                     &planned.sql,
                     planned.values,
                     &planned.classes,
@@ -161,6 +173,7 @@ impl DbModule {
             Answer::Affected { returning_pk: true } => self
                 .app
                 .fetch(
+                    role,
                     &planned.sql,
                     planned.values,
                     &planned.classes,
@@ -181,7 +194,7 @@ impl DbModule {
                 returning_pk: false,
             } => self
                 .app
-                .execute(&planned.sql, planned.values)
+                .execute(role, &planned.sql, planned.values)
                 .await
                 .map(|n| (json!({ "rows_affected": n }), n)),
         };
@@ -230,9 +243,12 @@ impl DbModule {
                 }
             }
         }
+        // Raw SQL is not confined to the contract's tables (that is what the approval is
+        // for): it runs as the runtime's user, not under the version's role.
         let result = self
             .app
             .fetch(
+                None,
                 sql,
                 plan::raw_values(params),
                 &[],
@@ -379,7 +395,7 @@ impl CapabilityModule for DbModule {
             DbOp::Raw(raw) => self.run_raw(ctx, &raw.sql, &raw.params).await,
             other => {
                 let table = other.table().unwrap_or_default().to_string();
-                self.run_structured(other, &table).await
+                self.run_structured(ctx, other, &table).await
             }
         }
     }
@@ -432,5 +448,201 @@ mod tests {
                 .map(|e| e.code),
             Some(ErrorCode::CapabilityNotDeclared)
         );
+    }
+}
+
+/// Per-controller roles against the real PostgreSQL (127.0.0.1:5432, db `test`), with a
+/// runtime user that is not a superuser but has CREATEROLE.
+#[cfg(test)]
+mod pg_role_tests {
+    use super::backend::DbFailure;
+    use super::*;
+    use crate::config::BrokerConfig;
+    use crate::denial::tests::contract;
+
+    const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    async fn sql(pool: &sqlx::PgPool, statement: &str) {
+        sqlx::raw_sql(statement).execute(pool).await.unwrap();
+    }
+
+    fn ctx(version: &str) -> ExecutionContext {
+        ExecutionContext {
+            request_id: "req-roles".into(),
+            controller: "Reporter".into(),
+            version: version.into(),
+            contract: contract(vec![
+                Capability::DbRead {
+                    tables: vec!["orders".into()],
+                },
+                Capability::DbWrite {
+                    tables: vec!["notes".into()],
+                },
+            ]),
+            deadline: std::time::Instant::now() + std::time::Duration::from_secs(30),
+            temp_dir: None,
+            traceparent: None,
+        }
+    }
+
+    fn permission_denied(r: Result<impl std::fmt::Debug, DbFailure>) -> String {
+        match r {
+            Err(DbFailure::Failed(m)) if m.contains("permission denied") => m,
+            other => panic!("expected a PostgreSQL permission error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn statements_run_under_a_role_granted_exactly_the_contract_tables() {
+        let Ok(admin) = sqlx::PgPool::connect(ADMIN_URL).await else {
+            eprintln!("SKIPPED: no PostgreSQL on 127.0.0.1:5432");
+            return;
+        };
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let (schema, user) = (format!("roles_{suffix}"), format!("magic_rt_{suffix}"));
+        sql(
+            &admin,
+            &format!("CREATE ROLE {user} LOGIN CREATEROLE NOSUPERUSER"),
+        )
+        .await;
+        sql(
+            &admin,
+            &format!("CREATE SCHEMA {schema} AUTHORIZATION {user}"),
+        )
+        .await;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = BrokerConfig::new(tmp.path());
+        config.app_database_url = Some(format!(
+            "postgres://{user}@127.0.0.1:5432/test?options[search_path]={schema}"
+        ));
+        let app = AppDb::connect(&config).await.unwrap();
+        let values = || sea_query::Values(vec![]);
+        for ddl in [
+            "CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, qty INT)",
+            "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT)",
+            "CREATE TABLE payroll (id INT, salary INT)",
+            "INSERT INTO orders (qty) VALUES (3)",
+            "INSERT INTO payroll VALUES (1, 100000)",
+        ] {
+            app.execute(None, ddl, values()).await.unwrap();
+        }
+
+        let c = ctx("1.0.0");
+        let role = app.role_for(&c).await.unwrap().unwrap();
+        assert!(role.starts_with("magic_ctl_reporter_"), "{role}");
+        // Idempotent: again, and from another runtime (fresh cache) on the same database.
+        assert_eq!(
+            app.role_for(&c).await.unwrap().as_deref(),
+            Some(role.as_str())
+        );
+        let other = AppDb::connect(&config).await.unwrap();
+        assert_eq!(
+            other.role_for(&c).await.unwrap().as_deref(),
+            Some(role.as_str())
+        );
+        let (login, superuser): (bool, bool) =
+            sqlx::query_as("SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = $1")
+                .bind(&role)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        assert!(!login && !superuser);
+
+        // What the contract allows runs under the role.
+        let r = app
+            .fetch(
+                Some(&role),
+                "SELECT qty FROM orders",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.rows.len(), 1);
+        let who = app
+            .fetch(
+                Some(&role),
+                "SELECT current_user::text AS u",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(who.rows[0]["u"], serde_json::json!(role));
+        let n = app
+            .execute(
+                Some(&role),
+                "INSERT INTO notes (body) VALUES ('x')",
+                values(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            n, 1,
+            "db:write tables take inserts (their sequence is granted)"
+        );
+        app.execute(
+            Some(&role),
+            "UPDATE notes SET body = 'y' WHERE id = 1",
+            values(),
+        )
+        .await
+        .unwrap();
+
+        // A bypassed broker check: the database itself refuses what the contract does not list.
+        permission_denied(
+            app.fetch(
+                Some(&role),
+                "SELECT * FROM payroll",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
+            .await,
+        );
+        permission_denied(
+            app.execute(Some(&role), "INSERT INTO orders (qty) VALUES (1)", values())
+                .await,
+        );
+        permission_denied(
+            app.execute(Some(&role), "CREATE TABLE sneaky (x INT)", values())
+                .await,
+        );
+        // The role ends with the transaction: the pool's connections are the runtime's again.
+        let who = app
+            .fetch(
+                None,
+                "SELECT current_user::text AS u",
+                values(),
+                &[],
+                10,
+                1 << 20,
+            )
+            .await
+            .unwrap();
+        assert_eq!(who.rows[0]["u"], serde_json::json!(user));
+
+        // Each version has its own role; removing a version drops its role.
+        let v2 = app.role_for(&ctx("2.0.0")).await.unwrap().unwrap();
+        assert_ne!(v2, role);
+        for (version, name) in [("1.0.0", &role), ("2.0.0", &v2)] {
+            app.drop_role("Reporter", version).await.unwrap();
+            let left: Option<(String,)> =
+                sqlx::query_as("SELECT rolname::text FROM pg_roles WHERE rolname = $1")
+                    .bind(name)
+                    .fetch_optional(&admin)
+                    .await
+                    .unwrap();
+            assert!(left.is_none(), "{name} still exists");
+        }
+        drop((app, other));
+        sql(&admin, &format!("DROP SCHEMA {schema} CASCADE")).await;
+        sql(&admin, &format!("DROP OWNED BY {user}")).await;
+        sql(&admin, &format!("DROP ROLE {user}")).await;
     }
 }

@@ -146,10 +146,15 @@ impl Env {
             .collect()
     }
 
+    /// Drop the per-controller roles nothing depends on any more (those of dropped schemas;
+    /// the roles of tests still running hold grants and stay).
     pub async fn cleanup(self) {
         if let Some(schema) = &self.schema {
             if let Ok(admin) = sqlx::AnyPool::connect(PG).await {
                 let _ = sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(&admin)
+                    .await;
+                let _ = sqlx::raw_sql(DROP_UNUSED_CONTROLLER_ROLES)
                     .execute(&admin)
                     .await;
                 admin.close().await;
@@ -288,3 +293,11 @@ pub async fn closed_port() -> u16 {
     drop(l);
     port
 }
+
+/// Drop every `magic_ctl_*` role that holds no privilege any more (roles are cluster-wide:
+/// those of a dropped schema would otherwise pile up).
+pub const DROP_UNUSED_CONTROLLER_ROLES: &str = "DO $$ DECLARE r text; BEGIN \
+    FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE 'magic\\_ctl\\_%' LOOP \
+      BEGIN EXECUTE format('DROP ROLE %I', r); \
+      EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END; \
+    END LOOP; END $$";

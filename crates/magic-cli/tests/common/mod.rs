@@ -267,3 +267,12 @@ pub fn code(class: &str, body: &str) -> String {
         "import asyncio, os, sys\nfrom magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\nclass {class}(Controller):\n    async def execute(self, input):\n{body}\n"
     )
 }
+
+/// Drop every per-controller PostgreSQL role (`magic_ctl_*`) that holds no privilege any more
+/// (roles are cluster-wide: those of a dropped schema would otherwise pile up; the roles of
+/// tests still running hold grants and stay).
+pub const DROP_UNUSED_CONTROLLER_ROLES: &str = "DO $$ DECLARE r text; BEGIN \
+    FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE 'magic\\_ctl\\_%' LOOP \
+      BEGIN EXECUTE format('DROP ROLE %I', r); \
+      EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END; \
+    END LOOP; END $$";
