@@ -1085,6 +1085,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.require_approval {
         config.approvals = magic_runtime::approvals::ApprovalMode::Widening;
     }
+    if let Some(path) = std::env::var_os("MAGIC_POLICY_FILE").filter(|p| !p.is_empty()) {
+        let policy = magic_runtime::policy::Policy::load(std::path::Path::new(&path)).map_err(
+            |problems| {
+                anyhow!(
+                    "MAGIC_POLICY_FILE is invalid ({} problem(s)): {}",
+                    problems.len(),
+                    problems.join("; ")
+                )
+            },
+        )?;
+        if let Some(mode) = policy.approvals {
+            config.approvals = mode;
+        }
+        config.policy = Some(policy);
+    }
     let data_dir = config.data_dir.clone();
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),

@@ -394,6 +394,10 @@ impl Runtime {
     ) -> Result<ExecuteResponse, ApiError> {
         let version = version.map(parse_version).transpose()?;
         let (deployed, slots) = self.registry.resolve(controller, version.as_ref())?;
+        if let Some(policy) = &self.config.policy {
+            // A version deployed before the policy tightened does not run past it.
+            policy.check_execute(&deployed.contract)?;
+        }
         let name = deployed.name.as_str();
         let Ok(_permit) = slots.try_acquire_owned() else {
             self.metrics
@@ -645,6 +649,7 @@ pub struct PackageFiles {
         (status = 200, description = "Same content already deployed", body = DeployOutcome),
         (status = 202, description = "Stored, waiting for approval (approvals on and the version adds or widens capabilities): {name, version, digest, result: pending_approval, approval_id, diff}", body = Object),
         (status = 400, description = "E1004 with every problem in details.problems", body = crate::error::Envelope),
+        (status = 403, description = "E4002: CONTROLLER_ALLOWLIST or the policy file (details.violations: [{rule, message}])", body = crate::error::Envelope),
         (status = 409, description = "E1005 version exists with other content", body = crate::error::Envelope),
         (status = 413, description = "package too large", body = crate::error::Envelope)),
     security(("api_key" = []), ("bearer" = [])))]

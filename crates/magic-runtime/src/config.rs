@@ -93,6 +93,8 @@ pub struct ServeConfig {
     /// When deploys wait for a second person's approval (`MAGIC_REQUIRE_APPROVAL=1` or the
     /// policy file's `approvals.required_for`).
     pub approvals: crate::approvals::ApprovalMode,
+    /// `MAGIC_POLICY_FILE`, loaded: checked at deploy and at every execution.
+    pub policy: Option<crate::policy::Policy>,
 }
 
 impl ServeConfig {
@@ -115,6 +117,7 @@ impl ServeConfig {
             allow_degraded_isolation: false,
             jwt: None,
             approvals: crate::approvals::ApprovalMode::Off,
+            policy: None,
         }
     }
 

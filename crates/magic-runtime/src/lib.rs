@@ -17,6 +17,7 @@ pub mod executor;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod rbac;
 pub mod registry;
@@ -170,6 +171,9 @@ impl Runtime {
             .map_err(StartError::Registry)?;
         if let Some(names) = &config.controller_allowlist {
             registry.set_allowlist(names.clone());
+        }
+        if let Some(policy) = &config.policy {
+            registry.set_policy(policy.clone());
         }
         let triggers = triggers::Triggers::open(store.clone()).await?;
         let approvals = approvals::Approvals::open(store.clone()).await?;
