@@ -1085,6 +1085,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.require_approval {
         config.approvals = magic_runtime::approvals::ApprovalMode::Widening;
     }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    config.allowed_origins = env("ALLOWED_ORIGINS").map(|s| {
+        s.split(',')
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect()
+    });
+    if let Some(limit) = env("MAGIC_RATE_LIMIT") {
+        config.rate_limit = Some(
+            magic_runtime::hardening::RateLimit::parse(&limit)
+                .map_err(|e| anyhow!("MAGIC_RATE_LIMIT: {e}"))?,
+        );
+    }
     if let Some(path) = std::env::var_os("MAGIC_POLICY_FILE").filter(|p| !p.is_empty()) {
         let policy = magic_runtime::policy::Policy::load(std::path::Path::new(&path)).map_err(
             |problems| {

@@ -71,14 +71,28 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/api/admin/approvals/{id}/approve", post(approve_deploy))
         .route("/api/admin/approvals/{id}/reject", post(reject_deploy))
         .route_layer(middleware::from_fn_with_state(rt.clone(), authenticate));
-    Router::new()
+    let tls = rt.config.tls;
+    let origins = rt.config.allowed_origins.clone();
+    let app = Router::new()
         .route("/api/health", get(health))
         .route("/api/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
-        .with_state(rt)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let path = crate::hardening::path_of(&req);
+            async move {
+                let mut response = next.run(req).await;
+                crate::hardening::security_headers(&path, tls, &mut response);
+                response
+            }
+        }))
+        .with_state(rt);
+    match origins {
+        Some(origins) => app.layer(crate::hardening::cors_layer(&origins)),
+        None => app,
+    }
 }
 
 /// `X-Request-ID`: taken from the request when it is sane (1–128 of `[A-Za-z0-9._:-]`),
@@ -185,6 +199,23 @@ async fn authenticate(
             }
         },
     };
+    if let Some(limiter) = &rt.limiter {
+        if let Err(retry_after) = limiter.check(&identity.name, &identity.roles).await {
+            let mut response = ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} exceeded its request-rate limit (MAGIC_RATE_LIMIT); retry after {retry_after}s",
+                    identity.name
+                ),
+            )
+            .with_details(serde_json::json!({ "retry_after_seconds": retry_after }))
+            .into_envelope(&rid.0);
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return response;
+        }
+    }
     req.extensions_mut().insert(identity);
     next.run(req).await
 }
@@ -341,7 +372,7 @@ pub struct ExecuteMetrics {
         (status = 403, description = "E4002 not permitted (role or key scope); E2xxx capability denial escaped the controller", body = crate::error::Envelope),
         (status = 404, description = "E1001", body = crate::error::Envelope),
         (status = 413, description = "body too large", body = crate::error::Envelope),
-        (status = 429, description = "E3004", body = crate::error::Envelope),
+        (status = 429, description = "E3004 concurrency; E4003 request-rate limit of the identity (Retry-After)", body = crate::error::Envelope),
         (status = 500, description = "E5001", body = crate::error::Envelope),
         (status = 502, description = "E1003", body = crate::error::Envelope),
         (status = 503, description = "E5002/E5003", body = crate::error::Envelope),

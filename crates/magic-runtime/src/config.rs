@@ -95,6 +95,12 @@ pub struct ServeConfig {
     pub approvals: crate::approvals::ApprovalMode,
     /// `MAGIC_POLICY_FILE`, loaded: checked at deploy and at every execution.
     pub policy: Option<crate::policy::Policy>,
+    /// `ALLOWED_ORIGINS`: origins answered with CORS headers (`None`: no CORS headers at all).
+    pub allowed_origins: Option<Vec<String>>,
+    /// `MAGIC_RATE_LIMIT`: requests per identity (in Redis when `REDIS_URL` is set).
+    pub rate_limit: Option<crate::hardening::RateLimit>,
+    /// The server terminates TLS itself (adds `Strict-Transport-Security`).
+    pub tls: bool,
 }
 
 impl ServeConfig {
@@ -118,6 +124,9 @@ impl ServeConfig {
             jwt: None,
             approvals: crate::approvals::ApprovalMode::Off,
             policy: None,
+            allowed_origins: None,
+            rate_limit: None,
+            tls: false,
         }
     }
 
@@ -150,6 +159,12 @@ impl ServeConfig {
                     reason: format!("{bad:?} is not a controller name"),
                 });
             }
+        }
+        if let Some(origins) = &self.allowed_origins {
+            crate::hardening::validate_origins(origins).map_err(|reason| ConfigError::Invalid {
+                setting: "ALLOWED_ORIGINS",
+                reason,
+            })?;
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod hardening;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
@@ -113,6 +114,8 @@ pub struct Runtime {
     pub triggers: triggers::Triggers,
     /// Deploys waiting for a second person's approval.
     pub approvals: approvals::Approvals,
+    /// Per-identity request-rate limit (`MAGIC_RATE_LIMIT`).
+    pub limiter: Option<hardening::RateLimiter>,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
 }
@@ -177,6 +180,20 @@ impl Runtime {
         }
         let triggers = triggers::Triggers::open(store.clone()).await?;
         let approvals = approvals::Approvals::open(store.clone()).await?;
+        let limiter = match &config.rate_limit {
+            Some(limit) => Some(
+                hardening::RateLimiter::new(
+                    limit.clone(),
+                    config.redis_url.as_deref(),
+                    &config.broker.redis_key_prefix,
+                )
+                .map_err(|reason| config::ConfigError::Invalid {
+                    setting: "REDIS_URL",
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
@@ -208,6 +225,7 @@ impl Runtime {
             audit_chain,
             triggers,
             approvals,
+            limiter,
             admin_key_file,
         }))
     }
