@@ -168,12 +168,25 @@ async fn authenticate(
 ) -> Response {
     let refuse =
         |msg: String| ApiError::new(ErrorCode::NotAuthenticated, msg).into_envelope(&rid.0);
+    let peer = req.extensions().get::<crate::tls::PeerNames>().cloned();
     let identity = match credentials(req.headers()) {
-        Credentials::None => {
-            return refuse(
-                "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
-            )
-        }
+        Credentials::None => match (&peer, &rt.config.tls_settings) {
+            // A verified client certificate (mTLS) is the credential.
+            (Some(names), Some(tls)) => match tls.roles.identity(&names.0) {
+                Some(identity) => identity,
+                None => {
+                    return refuse(format!(
+                        "client certificate {:?} has no role (MAGIC_MTLS_ROLES)",
+                        names.0
+                    ))
+                }
+            },
+            _ => {
+                return refuse(
+                    "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
+                )
+            }
+        },
         Credentials::Unsupported => {
             return refuse("unsupported Authorization header: use Bearer <JWT> or X-API-Key".into())
         }

@@ -101,6 +101,9 @@ pub struct ServeConfig {
     pub rate_limit: Option<crate::hardening::RateLimit>,
     /// The server terminates TLS itself (adds `Strict-Transport-Security`).
     pub tls: bool,
+    /// `MAGIC_TLS_CERT`/`MAGIC_TLS_KEY` (+ `MAGIC_TLS_CLIENT_CA`, `MAGIC_MTLS_ROLES`): serve
+    /// HTTPS, optionally requiring client certificates. `None`: plain HTTP (the default).
+    pub tls_settings: Option<crate::tls::TlsSettings>,
 }
 
 impl ServeConfig {
@@ -127,6 +130,7 @@ impl ServeConfig {
             allowed_origins: None,
             rate_limit: None,
             tls: false,
+            tls_settings: None,
         }
     }
 

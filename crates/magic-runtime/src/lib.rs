@@ -24,6 +24,7 @@ pub mod rbac;
 pub mod registry;
 pub mod sandboxed;
 mod spawn;
+pub mod tls;
 pub mod trace;
 pub mod triggers;
 
@@ -336,12 +337,26 @@ pub async fn serve(
         .await
         .map_err(StartError::Registry)?;
     spawn_registry_sync(&runtime);
+    let tls = match &runtime.config.tls_settings {
+        Some(settings) => Some(tls::server_config(settings).map_err(|reason| {
+            StartError::Config(config::ConfigError::Invalid {
+                setting: "MAGIC_TLS_CERT",
+                reason,
+            })
+        })?),
+        None => None,
+    };
     on_listening(addr, &runtime);
     let app = api::router(runtime.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| StartError::Listen { addr, source });
+    let served = match tls {
+        Some(tls_config) => tls::serve(listener, tls_config, app, shutdown).await,
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+    .map_err(|source| StartError::Listen { addr, source });
     runtime.triggers.stop_all();
     // Every answered request's records are committed; seal the tail with a final checkpoint.
     if let Err(e) = runtime.audit_chain.shutdown().await {
