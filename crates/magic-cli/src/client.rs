@@ -32,8 +32,25 @@ pub fn segment(s: &str) -> String {
 impl Client {
     /// A client for `remote`; the key falls back to the local server's generated admin key.
     pub fn new(remote: &Remote) -> anyhow::Result<Client> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let client_cert = match (env("MAGIC_CLIENT_CERT"), env("MAGIC_CLIENT_KEY")) {
+            (Some(cert), Some(key)) => {
+                let mut pem =
+                    std::fs::read(&cert).with_context(|| format!("MAGIC_CLIENT_CERT {cert}"))?;
+                pem.push(b'\n');
+                pem.extend(std::fs::read(&key).with_context(|| format!("MAGIC_CLIENT_KEY {key}"))?);
+                Some(
+                    reqwest::Identity::from_pem(&pem)
+                        .context("MAGIC_CLIENT_CERT/MAGIC_CLIENT_KEY")?,
+                )
+            }
+            (None, None) => None,
+            _ => bail!("MAGIC_CLIENT_CERT and MAGIC_CLIENT_KEY must be set together"),
+        };
         let key = match &remote.api_key {
             Some(k) if !k.is_empty() => k.clone(),
+            // A client certificate is the credential (mTLS).
+            _ if client_cert.is_some() => String::new(),
             _ => {
                 let file = remote.data_dir.join("admin.key");
                 std::fs::read_to_string(&file)
@@ -46,10 +63,19 @@ impl Client {
                     })?
             }
         };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(330))
-            .build()
-            .context("building the HTTP client")?;
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(330));
+        if let Some(ca) = env("MAGIC_CA_CERT") {
+            let pem = std::fs::read(&ca).with_context(|| format!("MAGIC_CA_CERT {ca}"))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("MAGIC_CA_CERT {ca}"))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if let Some(identity) = client_cert {
+            builder = builder.identity(identity);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         Ok(Client {
             http,
             base: remote.url.trim_end_matches('/').to_string(),
@@ -72,17 +98,18 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> anyhow::Result<serde_json::Value> {
-        let response = req
-            .header("x-api-key", &self.key)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot reach the runtime at {}: {}",
-                    self.base,
-                    root_cause(&e)
-                )
-            })?;
+        let req = if self.key.is_empty() {
+            req
+        } else {
+            req.header("x-api-key", &self.key)
+        };
+        let response = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the runtime at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
         let status = response.status();
         let text = response.text().await.context("reading the response")?;
         if status.is_success() && text.is_empty() {

@@ -1184,12 +1184,12 @@ fn doctor_production(data_dir: &std::path::Path) -> ExitCode {
             .ok()
             .map(|m| m.permissions().mode())
     };
-    let facts = magic_runtime::hardening::HostFacts {
+    let facts = magic_runtime::checklist::HostFacts {
         missing_isolation,
         master_key_mode,
         master_key_in_data_dir: key_file.is_none(),
     };
-    let checks = magic_runtime::hardening::production_checks(&env, &facts);
+    let checks = magic_runtime::checklist::production_checks(&env, &facts);
     println!();
     println!("production hardening checklist (docs/hardening.md):");
     for c in &checks {
@@ -1249,7 +1249,56 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.shutdown_grace =
         magic_runtime::config::parse_duration("MAGIC_SHUTDOWN_GRACE", &args.shutdown_grace)?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    config.allowed_origins = env("ALLOWED_ORIGINS").map(|s| {
+        s.split(',')
+            .map(|o| o.trim().to_string())
+            .filter(|o| !o.is_empty())
+            .collect()
+    });
+    if let Some(limit) = env("MAGIC_RATE_LIMIT") {
+        config.rate_limit = Some(
+            magic_runtime::hardening::RateLimit::parse(&limit)
+                .map_err(|e| anyhow!("MAGIC_RATE_LIMIT: {e}"))?,
+        );
+    }
+    match (env("MAGIC_TLS_CERT"), env("MAGIC_TLS_KEY")) {
+        (Some(cert), Some(key)) => {
+            let roles =
+                magic_runtime::tls::MtlsRoles::parse(&env("MAGIC_MTLS_ROLES").unwrap_or_default())
+                    .map_err(|e| anyhow!("MAGIC_MTLS_ROLES: {e}"))?;
+            config.tls = true;
+            config.tls_settings = Some(magic_runtime::tls::TlsSettings {
+                cert: cert.into(),
+                key: key.into(),
+                client_ca: env("MAGIC_TLS_CLIENT_CA").map(Into::into),
+                roles,
+            });
+        }
+        (None, None) => {
+            if env("MAGIC_TLS_CLIENT_CA").is_some() {
+                bail!("MAGIC_TLS_CLIENT_CA needs MAGIC_TLS_CERT and MAGIC_TLS_KEY");
+            }
+        }
+        _ => bail!("MAGIC_TLS_CERT and MAGIC_TLS_KEY must be set together"),
+    }
+    if let Some(path) = std::env::var_os("MAGIC_POLICY_FILE").filter(|p| !p.is_empty()) {
+        let policy = magic_runtime::policy::Policy::load(std::path::Path::new(&path)).map_err(
+            |problems| {
+                anyhow!(
+                    "MAGIC_POLICY_FILE is invalid ({} problem(s)): {}",
+                    problems.len(),
+                    problems.join("; ")
+                )
+            },
+        )?;
+        if let Some(mode) = policy.approvals {
+            config.approvals = mode;
+        }
+        config.policy = Some(policy);
+    }
     let data_dir = config.data_dir.clone();
+    let scheme = if config.tls { "https" } else { "http" };
     let store_desc = match &config.database_url {
         Some(url) if url.starts_with("postgres") => "PostgreSQL".to_string(),
         Some(url) => url.clone(),
@@ -1262,12 +1311,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 event = "isolation_warning",
                 "CONTROLLER_EXECUTION_MODE=inline: executions run as plain child processes and are NOT isolated; use it for development only"
             );
-            tracing::info!(event = "listening", address = %addr, store = %store_desc, "magic runtime listening on http://{addr}");
+            tracing::info!(event = "listening", address = %addr, store = %store_desc, "magic runtime listening on {scheme}://{addr}");
             if let Some(file) = &rt.admin_key_file {
                 tracing::info!(event = "admin_key", path = %file.display(), "admin API key is in {} (the CLI reads it from there; set MAGIC_ADMIN_API_KEY to choose your own)", file.display());
             }
             // Also a plain line for people starting it by hand.
-            eprintln!("magic: listening on http://{addr} (data dir {})", data_dir.display());
+            eprintln!("magic: listening on {scheme}://{addr} (data dir {})", data_dir.display());
         },
         shutdown_signal(),
     )

@@ -61,6 +61,9 @@ pub enum ErrorCode {
     /// E4002: authenticated but not permitted.
     #[serde(rename = "E4002")]
     NotPermitted,
+    /// E4003 (extension): request-rate limit of the identity exceeded (`MAGIC_RATE_LIMIT`).
+    #[serde(rename = "E4003")]
+    RateLimited,
     /// E5001: controller raised or crashed.
     #[serde(rename = "E5001")]
     ControllerFailed,
@@ -74,7 +77,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::ControllerNotFound,
         ErrorCode::InputInvalid,
         ErrorCode::OutputInvalid,
@@ -94,6 +97,7 @@ impl ErrorCode {
         ErrorCode::ConcurrencyLimit,
         ErrorCode::NotAuthenticated,
         ErrorCode::NotPermitted,
+        ErrorCode::RateLimited,
         ErrorCode::ControllerFailed,
         ErrorCode::SandboxUnavailable,
         ErrorCode::BackendUnavailable,
@@ -121,6 +125,7 @@ impl ErrorCode {
             ErrorCode::ConcurrencyLimit => "E3004",
             ErrorCode::NotAuthenticated => "E4001",
             ErrorCode::NotPermitted => "E4002",
+            ErrorCode::RateLimited => "E4003",
             ErrorCode::ControllerFailed => "E5001",
             ErrorCode::SandboxUnavailable => "E5002",
             ErrorCode::BackendUnavailable => "E5003",
@@ -150,7 +155,7 @@ impl ErrorCode {
             | ErrorCode::NotPermitted => 403,
             ErrorCode::Timeout => 504,
             ErrorCode::MemoryExceeded | ErrorCode::TempDiskExceeded => 507,
-            ErrorCode::ConcurrencyLimit => 429,
+            ErrorCode::ConcurrencyLimit | ErrorCode::RateLimited => 429,
             ErrorCode::NotAuthenticated => 401,
             ErrorCode::ControllerFailed => 500,
             ErrorCode::SandboxUnavailable | ErrorCode::BackendUnavailable => 503,

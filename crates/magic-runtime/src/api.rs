@@ -71,7 +71,9 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .route("/api/admin/approvals/{id}/approve", post(approve_deploy))
         .route("/api/admin/approvals/{id}/reject", post(reject_deploy))
         .route_layer(middleware::from_fn_with_state(rt.clone(), authenticate));
-    Router::new()
+    let tls = rt.config.tls;
+    let origins = rt.config.allowed_origins.clone();
+    let app = Router::new()
         .route("/api/health", get(health))
         .route("/api/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -80,7 +82,19 @@ pub fn router(rt: Arc<Runtime>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn(request_id))
         .layer(middleware::map_response(node_header(&rt)))
-        .with_state(rt)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let path = crate::hardening::path_of(&req);
+            async move {
+                let mut response = next.run(req).await;
+                crate::hardening::security_headers(&path, tls, &mut response);
+                response
+            }
+        }))
+        .with_state(rt);
+    match origins {
+        Some(origins) => app.layer(crate::hardening::cors_layer(&origins)),
+        None => app,
+    }
 }
 
 /// Adds `X-Magic-Node` (this node's name) to every response (extension: which node of a
@@ -170,12 +184,22 @@ pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
 pub(crate) async fn identify(
     rt: &Runtime,
     credentials: Credentials<'_>,
+    peer: Option<&crate::tls::PeerNames>,
 ) -> Result<Identity, ApiError> {
     let refuse = |msg: String| ApiError::new(ErrorCode::NotAuthenticated, msg);
     match credentials {
-        Credentials::None => Err(refuse(
-            "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
-        )),
+        Credentials::None => match (peer, &rt.config.tls_settings) {
+            // A verified client certificate (mTLS) is the credential.
+            (Some(names), Some(tls)) => tls.roles.identity(&names.0).ok_or_else(|| {
+                refuse(format!(
+                    "client certificate {:?} has no role (MAGIC_MTLS_ROLES)",
+                    names.0
+                ))
+            }),
+            _ => Err(refuse(
+                "missing credentials: send an X-API-Key or Authorization: Bearer header".into(),
+            )),
+        },
         Credentials::Unsupported => Err(refuse(
             "unsupported Authorization header: use Bearer <JWT> or X-API-Key".into(),
         )),
@@ -205,10 +229,28 @@ async fn authenticate(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let identity = match identify(&rt, credentials(req.headers())).await {
+    let peer = req.extensions().get::<crate::tls::PeerNames>().cloned();
+    let identity = match identify(&rt, credentials(req.headers()), peer.as_ref()).await {
         Ok(identity) => identity,
         Err(e) => return e.into_envelope(&rid.0),
     };
+    if let Some(limiter) = &rt.limiter {
+        if let Err(retry_after) = limiter.check(&identity.name, &identity.roles).await {
+            let mut response = ApiError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} exceeded its request-rate limit (MAGIC_RATE_LIMIT); retry after {retry_after}s",
+                    identity.name
+                ),
+            )
+            .with_details(serde_json::json!({ "retry_after_seconds": retry_after }))
+            .into_envelope(&rid.0);
+            if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+                response.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            return response;
+        }
+    }
     req.extensions_mut().insert(identity);
     next.run(req).await
 }
@@ -365,7 +407,7 @@ pub struct ExecuteMetrics {
         (status = 403, description = "E4002 not permitted (role or key scope); E2xxx capability denial escaped the controller", body = crate::error::Envelope),
         (status = 404, description = "E1001", body = crate::error::Envelope),
         (status = 413, description = "body too large", body = crate::error::Envelope),
-        (status = 429, description = "E3004", body = crate::error::Envelope),
+        (status = 429, description = "E3004 concurrency; E4003 request-rate limit of the identity (Retry-After)", body = crate::error::Envelope),
         (status = 500, description = "E5001", body = crate::error::Envelope),
         (status = 502, description = "E1003", body = crate::error::Envelope),
         (status = 503, description = "E5002/E5003", body = crate::error::Envelope),
@@ -418,6 +460,10 @@ impl Runtime {
     ) -> Result<ExecuteResponse, ApiError> {
         let version = version.map(parse_version).transpose()?;
         let (deployed, slots) = self.registry.resolve(controller, version.as_ref())?;
+        if let Some(policy) = &self.config.policy {
+            // A version deployed before the policy tightened does not run past it.
+            policy.check_execute(&deployed.contract)?;
+        }
         let name = deployed.name.as_str();
         let admitted = crate::slots::admit(
             &slots,
@@ -694,6 +740,7 @@ pub struct PackageFiles {
         (status = 200, description = "Same content already deployed", body = DeployOutcome),
         (status = 202, description = "Stored, waiting for approval (approvals on and the version adds or widens capabilities): {name, version, digest, result: pending_approval, approval_id, diff}", body = Object),
         (status = 400, description = "E1004 with every problem in details.problems", body = crate::error::Envelope),
+        (status = 403, description = "E4002: CONTROLLER_ALLOWLIST or the policy file (details.violations: [{rule, message}])", body = crate::error::Envelope),
         (status = 409, description = "E1005 version exists with other content", body = crate::error::Envelope),
         (status = 413, description = "package too large", body = crate::error::Envelope)),
     security(("api_key" = []), ("bearer" = [])))]

@@ -484,7 +484,7 @@ impl Runtime {
                     .with_details(serde_json::json!({ "problems": e.0 }))
             })?;
         let contract = package.contract.contract();
-        self.registry.check_allowed(&contract.name)?;
+        self.registry.check_admissible(contract)?;
         if self
             .registry
             .resolve(&contract.name, Some(&contract.version))

@@ -33,6 +33,20 @@ pub const MIGRATIONS: &[Migration] = &[
         postgres: "ALTER TABLE api_keys ADD COLUMN expires_at TEXT; \
                ALTER TABLE api_keys ADD COLUMN controllers TEXT;",
     },
+    // One active key per name, enforced by the database: of two older unrevoked keys sharing a
+    // name (possible only when one had expired) all but the newest are marked revoked first.
+    Migration {
+        version: 3,
+        description: "unique active api key names",
+        sqlite: "UPDATE api_keys SET revoked_at = created_at WHERE revoked_at IS NULL AND EXISTS \
+               (SELECT 1 FROM api_keys b WHERE b.name = api_keys.name AND b.revoked_at IS NULL \
+                AND (b.created_at > api_keys.created_at OR (b.created_at = api_keys.created_at AND b.id > api_keys.id))); \
+             CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;",
+        postgres: "UPDATE api_keys SET revoked_at = created_at WHERE revoked_at IS NULL AND EXISTS \
+               (SELECT 1 FROM api_keys b WHERE b.name = api_keys.name AND b.revoked_at IS NULL \
+                AND (b.created_at > api_keys.created_at OR (b.created_at = api_keys.created_at AND b.id > api_keys.id))); \
+             CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;",
+    },
 ];
 
 pub use crate::rbac::Role;
@@ -268,12 +282,27 @@ impl KeyStore {
                 return Err(KeyError::BadScope);
             }
         }
-        if self.list().await?.iter().any(|k| {
-            k.name == name
-                && k.revoked_at.is_none()
-                && !is_expired(k.expires_at.as_deref(), chrono::Utc::now())
-        }) {
+        let now = chrono::Utc::now();
+        let holders: Vec<KeyInfo> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|k| k.name == name && k.revoked_at.is_none())
+            .collect();
+        if holders
+            .iter()
+            .any(|k| !is_expired(k.expires_at.as_deref(), now))
+        {
             return Err(KeyError::NameTaken(name.to_string()));
+        }
+        // An expired key gives its name up: mark it revoked (at its expiry) so the unique index
+        // on active names admits the new key.
+        for k in holders {
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(k.expires_at.unwrap_or_else(|| now.to_rfc3339()))
+                .bind(&k.id)
+                .execute(self.store.pool())
+                .await?;
         }
         let key = generate_key();
         let info = KeyInfo {
@@ -301,7 +330,14 @@ impl KeyStore {
                 .map(|c| serde_json::Value::from(c.clone()).to_string()),
         )
         .execute(self.store.pool())
-        .await?;
+        .await
+        .map_err(|e| match &e {
+            // A concurrent creation of the same name lost the race at the unique index.
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                KeyError::NameTaken(name.to_string())
+            }
+            _ => KeyError::Store(e),
+        })?;
         Ok(CreatedKey { info, key })
     }
 
@@ -535,7 +571,7 @@ mod tests {
         let (keys, _) = KeyStore::open(store.clone(), dir, Some("configured-admin-key-123"))
             .await
             .unwrap();
-        assert!(store.is_migrated("auth", 2).await.unwrap());
+        assert!(store.is_migrated("auth", 3).await.unwrap());
         let id = keys.authenticate(&old_key).await.unwrap().unwrap();
         assert_eq!((id.roles, id.scope), (vec![Role::Auditor], None));
         let future = chrono::Utc::now() + chrono::Duration::days(1);
@@ -582,6 +618,91 @@ mod tests {
                 store.clone(),
                 dir.path(),
             )))
+            .await
+        };
+        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+
+    /// The database itself refuses a second active key with the same name (not only the
+    /// check in `create`), and migration 3 keeps the newest of older duplicates.
+    async fn active_names_are_unique_in_the_database(store: Store, dir: &Path) {
+        store.migrate("auth", &MIGRATIONS[..2]).await.unwrap();
+        let insert = |id: &'static str, at: &'static str| {
+            sqlx::query(
+                "INSERT INTO api_keys (id, name, role, key_hash, created_at, expires_at) \
+                 VALUES ($1, 'dup', 'admin', $2, $3, '2000-01-01T00:00:00+00:00')",
+            )
+            .bind(id)
+            .bind(format!("hash-{id}"))
+            .bind(at)
+        };
+        for (id, at) in [("a", "2026-01-01T00:00:00Z"), ("b", "2026-01-02T00:00:00Z")] {
+            insert(id, at).execute(store.pool()).await.unwrap();
+        }
+        let (keys, _) = KeyStore::open(store.clone(), dir, Some("configured-admin-key-123"))
+            .await
+            .unwrap();
+        let active: Vec<String> = keys
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.revoked_at.is_none())
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(active, ["b"]);
+        let err = sqlx::query(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_at) \
+             VALUES ('c', 'dup', 'admin', 'hash-c', '2026-01-03T00:00:00Z')",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(&err, sqlx::Error::Database(d) if d.is_unique_violation()),
+            "{err}"
+        );
+        // `create` takes over the expired holder's name.
+        keys.create("dup", "executor", None, None).await.unwrap();
+        assert!(matches!(
+            keys.create("dup", "executor", None, None).await,
+            Err(KeyError::NameTaken(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn active_names_are_unique_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(None, dir.path()).await.unwrap();
+        active_names_are_unique_in_the_database(store, dir.path()).await;
+    }
+
+    #[tokio::test]
+    async fn active_names_are_unique_on_postgres() {
+        use sqlx::Connection as _;
+        const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+        sqlx::any::install_default_drivers();
+        let mut admin = sqlx::AnyConnection::connect(PG)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432");
+        let schema = format!("auth_uniq_{}", uuid::Uuid::new_v4().simple());
+        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("{PG}?options[search_path]={schema}");
+        let result = {
+            let store = Store::open(Some(&url), dir.path()).await.unwrap();
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                active_names_are_unique_in_the_database(store, dir.path()),
+            ))
             .await
         };
         sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))

@@ -104,6 +104,17 @@ pub struct ServeConfig {
     /// `MAGIC_SHUTDOWN_GRACE`: on SIGTERM, how long in-flight executions may still run before
     /// they are stopped (E5002).
     pub shutdown_grace: std::time::Duration,
+    /// `MAGIC_POLICY_FILE`, loaded: checked at deploy and at every execution.
+    pub policy: Option<crate::policy::Policy>,
+    /// `ALLOWED_ORIGINS`: origins answered with CORS headers (`None`: no CORS headers at all).
+    pub allowed_origins: Option<Vec<String>>,
+    /// `MAGIC_RATE_LIMIT`: requests per identity (in Redis when `REDIS_URL` is set).
+    pub rate_limit: Option<crate::hardening::RateLimit>,
+    /// The server terminates TLS itself (adds `Strict-Transport-Security`).
+    pub tls: bool,
+    /// `MAGIC_TLS_CERT`/`MAGIC_TLS_KEY` (+ `MAGIC_TLS_CLIENT_CA`, `MAGIC_MTLS_ROLES`): serve
+    /// HTTPS, optionally requiring client certificates. `None`: plain HTTP (the default).
+    pub tls_settings: Option<crate::tls::TlsSettings>,
 }
 
 impl ServeConfig {
@@ -129,6 +140,11 @@ impl ServeConfig {
             jwt: None,
             approvals: crate::approvals::ApprovalMode::Off,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            policy: None,
+            allowed_origins: None,
+            rate_limit: None,
+            tls: false,
+            tls_settings: None,
         }
     }
 
@@ -161,6 +177,12 @@ impl ServeConfig {
                     reason: format!("{bad:?} is not a controller name"),
                 });
             }
+        }
+        if let Some(origins) = &self.allowed_origins {
+            crate::hardening::validate_origins(origins).map_err(|reason| ConfigError::Invalid {
+                setting: "ALLOWED_ORIGINS",
+                reason,
+            })?;
         }
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {

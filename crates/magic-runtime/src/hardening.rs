@@ -1,484 +1,440 @@
-//! The production hardening checklist of the security model, checked against a
-//! configuration (`magic doctor --production`; walked item by item in `docs/hardening.md`).
+//! HTTP hardening: security headers, CORS and the per-identity request-rate limit.
 //!
-//! Owns: one pure function from the settings (an environment lookup) and a few host facts to
-//! a verdict per checklist item. Must never: read the process environment or the file system
-//! itself (the CLI gathers [`HostFacts`]), or print a secret's value.
+//! Owns: the headers every response carries ([`security_headers`]), the CORS layer built from
+//! `ALLOWED_ORIGINS` (none by default), parsing `MAGIC_RATE_LIMIT` ([`RateLimit::parse`]), and
+//! the limiter itself: a token bucket per identity in process, or a fixed window per identity
+//! in Redis (`REDIS_URL`) so that the limit holds across nodes. Must never: answer a refused
+//! request without the envelope and `Retry-After`, let an unparsable setting start the server,
+//! or fail closed on a Redis outage (the limiter falls back to the in-process bucket, loudly).
 
-/// Settings read by the checks (the names are the runtime's environment variables).
-pub const SETTINGS: &[&str] = &[
-    "CONTROLLER_EXECUTION_MODE",
-    "MAGIC_ALLOW_DEGRADED_ISOLATION",
-    "CONTROLLER_ALLOWLIST",
-    "MAGIC_TLS_CERT",
-    "MAGIC_TLS_KEY",
-    "MAGIC_BEHIND_TLS_PROXY",
-    "JWT_SECRET",
-    "JWT_JWKS_URL",
-    "MAGIC_ADMIN_API_KEY",
-    "ALLOWED_ORIGINS",
-    "AUDIT_LOG_SINK",
-    "AUDIT_RETENTION_DAYS",
-    "AUDIT_RETENTION_MAX_RECORDS",
-    "AUDIT_SIGNING_KEY",
-    "AUDIT_SIGNING_KEY_FILE",
-    "DATABASE_URL",
-    "MAGIC_APP_DATABASE_URL",
-    "REDIS_URL",
-    "MAGIC_MASTER_KEY",
-    "MAGIC_MASTER_KEY_FILE",
-];
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Facts about the host the checks need, gathered by the caller.
-#[derive(Debug, Clone, Default)]
-pub struct HostFacts {
-    /// The isolation layers process mode needs but this host lacks (`None`: all present).
-    pub missing_isolation: Option<String>,
-    /// Unix permission bits of the master key file in use (`None`: no such file / not read).
-    pub master_key_mode: Option<u32>,
-    /// Whether the master key file in use is the one generated in the data dir.
-    pub master_key_in_data_dir: bool,
+use axum::http::{HeaderValue, Request};
+use axum::response::Response;
+
+use crate::rbac::Role;
+
+/// One rate: `count` requests per `period`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Requests allowed per period (also the burst).
+    pub count: u32,
+    /// The period.
+    pub period: Duration,
 }
 
-/// One checklist item's verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    /// The checklist item (as named in the security model and `docs/hardening.md`).
-    pub item: &'static str,
-    /// Whether the configuration satisfies it.
-    pub ok: bool,
-    /// What was found, and what to set when it fails.
-    pub detail: String,
-}
+impl Rate {
+    /// Parse `100/s`, `6000/min`, `10/h` (also `sec`, `second`, `m`, `minute`, `hour`).
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let (n, unit) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not N/s, N/min or N/h"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| format!("{s:?}: the count must be a positive integer"))?;
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => return Err(format!("{s:?}: unknown unit {other:?} (s, min or h)")),
+        };
+        Ok(Rate { count, period })
+    }
 
-fn check(item: &'static str, ok: bool, detail: impl Into<String>) -> Check {
-    Check {
-        item,
-        ok,
-        detail: detail.into(),
+    fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.period.as_secs_f64()
     }
 }
 
-fn truthy(v: Option<&str>) -> bool {
-    matches!(
-        v.map(|s| s.trim().to_ascii_lowercase()).as_deref(),
-        Some("1" | "true" | "yes" | "on")
-    )
+/// `MAGIC_RATE_LIMIT`: a default rate and optional per-role rates
+/// (`100/s,executor=1000/s,admin=20/s`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RateLimit {
+    /// Rate of identities no per-role rate covers (`None`: unlimited).
+    pub default: Option<Rate>,
+    /// Per-role rates; an identity with several roles gets the most generous.
+    pub roles: Vec<(Role, Rate)>,
 }
 
-/// Whether a database URL points at this machine (where TLS to the database adds nothing).
-fn is_local_host(url: &str) -> bool {
-    let after = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let host_port = after.split(['/', '?']).next().unwrap_or("");
-    let host = host_port.rsplit_once('@').map_or(host_port, |(_, h)| h);
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.split_once(']'))
-        .map_or_else(|| host.split(':').next().unwrap_or(""), |(h, _)| h);
-    host.is_empty() || host == "localhost" || host == "::1" || host.starts_with("127.")
-}
-
-/// Whether a PostgreSQL URL requires TLS (`sslmode=require|verify-ca|verify-full`).
-fn pg_requires_tls(url: &str) -> bool {
-    url.split_once('?').is_some_and(|(_, q)| {
-        q.split('&').any(|kv| {
-            matches!(
-                kv.split_once('='),
-                Some(("sslmode", "require" | "verify-ca" | "verify-full"))
-            )
-        })
-    })
-}
-
-/// Check every item of the production hardening checklist. `env` looks a setting up (empty
-/// values count as unset).
-pub fn production_checks(env: &dyn Fn(&str) -> Option<String>, host: &HostFacts) -> Vec<Check> {
-    let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
-    let mut out = Vec::new();
-
-    // 1. Process isolation.
-    let mode = get("CONTROLLER_EXECUTION_MODE").unwrap_or_else(|| "process".into());
-    let degraded = truthy(get("MAGIC_ALLOW_DEGRADED_ISOLATION").as_deref());
-    out.push(match (mode.as_str(), degraded, &host.missing_isolation) {
-        ("process", false, None) => check(
-            "process isolation",
-            true,
-            "CONTROLLER_EXECUTION_MODE=process; every isolation layer is available",
-        ),
-        ("process", true, _) => check(
-            "process isolation",
-            false,
-            "MAGIC_ALLOW_DEGRADED_ISOLATION is set: unset it (process mode must refuse to run degraded)",
-        ),
-        ("process", false, Some(m)) => check(
-            "process isolation",
-            false,
-            format!("this host lacks isolation layers process mode needs: {m}"),
-        ),
-        (other, _, _) => check(
-            "process isolation",
-            false,
-            format!("CONTROLLER_EXECUTION_MODE={other}: set CONTROLLER_EXECUTION_MODE=process"),
-        ),
-    });
-
-    // 2. Controller allowlist.
-    out.push(match get("CONTROLLER_ALLOWLIST") {
-        Some(list) => {
-            let names: Vec<&str> = list
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .collect();
-            match names.iter().find(|n| !magic_contract::is_valid_name(n)) {
-                Some(bad) => check(
-                    "controller allowlist",
-                    false,
-                    format!("CONTROLLER_ALLOWLIST: {bad:?} is not a controller name"),
-                ),
-                None if names.is_empty() => check(
-                    "controller allowlist",
-                    false,
-                    "CONTROLLER_ALLOWLIST is empty: list the controllers that may be deployed",
-                ),
-                None => check(
-                    "controller allowlist",
-                    true,
-                    format!("{} controller name(s) allowed", names.len()),
-                ),
+impl RateLimit {
+    /// Parse the setting; every problem is reported.
+    pub fn parse(s: &str) -> Result<RateLimit, String> {
+        let mut limit = RateLimit::default();
+        let mut problems = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match part.split_once('=') {
+                Some((role, rate)) => match (Role::parse(role.trim()), Rate::parse(rate)) {
+                    (Some(role), Ok(rate)) => limit.roles.push((role, rate)),
+                    (None, _) => problems.push(format!("unknown role {:?}", role.trim())),
+                    (_, Err(e)) => problems.push(e),
+                },
+                None => match Rate::parse(part) {
+                    Ok(r) if limit.default.is_none() => limit.default = Some(r),
+                    Ok(_) => problems.push("more than one default rate".into()),
+                    Err(e) => problems.push(e),
+                },
             }
         }
-        None => check(
-            "controller allowlist",
-            false,
-            "CONTROLLER_ALLOWLIST is unset: any controller may be deployed; set CONTROLLER_ALLOWLIST=Name1,Name2",
-        ),
-    });
-
-    // 3. TLS termination.
-    let native = get("MAGIC_TLS_CERT").is_some() && get("MAGIC_TLS_KEY").is_some();
-    let proxy = truthy(get("MAGIC_BEHIND_TLS_PROXY").as_deref());
-    out.push(if native {
-        check("TLS termination", true, "MAGIC_TLS_CERT and MAGIC_TLS_KEY are set")
-    } else if proxy {
-        check(
-            "TLS termination",
-            true,
-            "MAGIC_BEHIND_TLS_PROXY=1: a TLS-terminating proxy (deploy/nginx.conf) fronts the runtime",
-        )
-    } else {
-        check(
-            "TLS termination",
-            false,
-            "no TLS: set MAGIC_TLS_CERT + MAGIC_TLS_KEY, or put nginx with TLS in front and set MAGIC_BEHIND_TLS_PROXY=1",
-        )
-    });
-
-    // 4. Strong secrets.
-    let mut weak = Vec::new();
-    if let Some(s) = get("JWT_SECRET") {
-        if s.len() < 32 {
-            weak.push(format!(
-                "JWT_SECRET is {} bytes (at least 32 = 256 bits)",
-                s.len()
-            ));
+        if limit.default.is_none() && limit.roles.is_empty() && problems.is_empty() {
+            problems.push("empty".into());
+        }
+        if problems.is_empty() {
+            Ok(limit)
+        } else {
+            Err(problems.join("; "))
         }
     }
-    if let Some(k) = get("MAGIC_ADMIN_API_KEY") {
-        if k.len() < 32 {
-            weak.push(format!(
-                "MAGIC_ADMIN_API_KEY is {} characters (at least 32)",
-                k.len()
-            ));
-        }
+
+    /// The rate for an identity holding `roles` (`None`: unlimited).
+    pub fn rate_for(&self, roles: &[Role]) -> Option<Rate> {
+        let by_role = self
+            .roles
+            .iter()
+            .filter(|(r, _)| roles.contains(r))
+            .map(|(_, rate)| *rate)
+            .max_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+        by_role.or(self.default)
     }
-    out.push(if weak.is_empty() {
-        check(
-            "strong secrets",
-            true,
-            "JWT_SECRET / MAGIC_ADMIN_API_KEY are unset or at least 256 bits; rotate API keys with `magic keys` (expiry: --expires-in)",
-        )
+}
+
+/// A token bucket: `tokens` left at `at`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Take one token from `bucket` at `now` under `rate`: `Ok` or `Err(seconds until one is
+/// back)`. Pure.
+fn take(bucket: &mut Bucket, rate: Rate, now: Instant) -> Result<(), u64> {
+    let capacity = f64::from(rate.count);
+    let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
+    bucket.tokens = (bucket.tokens + elapsed * rate.per_second()).min(capacity);
+    bucket.at = now;
+    if bucket.tokens >= 1.0 {
+        bucket.tokens -= 1.0;
+        Ok(())
     } else {
-        check("strong secrets", false, weak.join("; "))
-    });
-
-    // 5. CORS.
-    out.push(match get("ALLOWED_ORIGINS") {
-        Some(o) if o.split(',').any(|x| x.trim() == "*") => check(
-            "CORS origins",
-            false,
-            "ALLOWED_ORIGINS contains *: list the exact origins (https://app.example.com)",
-        ),
-        Some(o) => check("CORS origins", true, format!("ALLOWED_ORIGINS={o}")),
-        None => check(
-            "CORS origins",
-            true,
-            "ALLOWED_ORIGINS unset: no cross-origin browser access",
-        ),
-    });
-
-    // 6. Audit logging: always on; production ships it off the host and bounds retention.
-    let sink = get("AUDIT_LOG_SINK");
-    let retention =
-        get("AUDIT_RETENTION_DAYS").is_some() || get("AUDIT_RETENTION_MAX_RECORDS").is_some();
-    out.push(match (sink, retention) {
-        (Some(s), true) => check(
-            "audit logging",
-            true,
-            format!("AUDIT_LOG_SINK={s}; retention policy set"),
-        ),
-        (None, _) => check(
-            "audit logging",
-            false,
-            "AUDIT_LOG_SINK is unset: the chain only lives in the runtime's database; add a sink (file:, syslog:, webhook:)",
-        ),
-        (Some(_), false) => check(
-            "audit logging",
-            false,
-            "no retention policy: set AUDIT_RETENTION_DAYS (and AUDIT_RETENTION_ARCHIVE_DIR)",
-        ),
-    });
-
-    // 7. Resource limits: contracts carry them; the runtime enforces them (cgroups in process
-    // mode). What a value should be is a review, not a setting.
-    out.push(check(
-        "resource limits",
-        host.missing_isolation.is_none() && !degraded && mode == "process",
-        "contract limits (cpu, memory, timeout) are enforced by cgroups in process mode; review each contract's resources",
-    ));
-
-    // 8. Database connection security (and the shared state many nodes need).
-    let db = get("DATABASE_URL");
-    out.push(match &db {
-        None => check(
-            "database",
-            false,
-            "DATABASE_URL is unset: SQLite in the data dir; use PostgreSQL (postgres://…?sslmode=verify-full)",
-        ),
-        Some(u) if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) => check(
-            "database",
-            false,
-            "DATABASE_URL is not PostgreSQL: use postgres://…?sslmode=verify-full",
-        ),
-        Some(u) if !is_local_host(u) && !pg_requires_tls(u) => check(
-            "database",
-            false,
-            "DATABASE_URL reaches another host without TLS: add ?sslmode=verify-full",
-        ),
-        Some(_) => check("database", true, "PostgreSQL (TLS required or on this host)"),
-    });
-    if let Some(app) = get("MAGIC_APP_DATABASE_URL") {
-        if !is_local_host(&app) && !pg_requires_tls(&app) {
-            out.push(check(
-                "database",
-                false,
-                "MAGIC_APP_DATABASE_URL reaches another host without TLS: add ?sslmode=verify-full",
-            ));
-        }
+        Err(((1.0 - bucket.tokens) / rate.per_second()).ceil().max(1.0) as u64)
     }
-    out.push(match get("REDIS_URL") {
-        None => check(
-            "redis",
-            false,
-            "REDIS_URL is unset: cache and queue are per node; set REDIS_URL (rediss:// across hosts)",
-        ),
-        Some(u) if !u.starts_with("rediss://") && !is_local_host(&u) => check(
-            "redis",
-            false,
-            "REDIS_URL reaches another host without TLS: use rediss://",
-        ),
-        Some(_) => check("redis", true, "REDIS_URL is set"),
-    });
+}
 
-    // Secrets master key: kept apart from the data (and its backups), readable by the owner only.
-    out.push(if get("MAGIC_MASTER_KEY").is_some() {
-        check(
-            "master key",
-            true,
-            "MAGIC_MASTER_KEY comes from the environment (a secret store)",
-        )
-    } else if host.master_key_in_data_dir {
-        check(
-            "master key",
-            false,
-            "the master key is the one generated in the data dir (it travels with backups): set MAGIC_MASTER_KEY_FILE to a file from your secret store",
-        )
-    } else {
-        match host.master_key_mode {
-            Some(m) if m & 0o077 != 0 => check(
-                "master key",
-                false,
-                format!(
-                    "MAGIC_MASTER_KEY_FILE is readable by group/others (mode {:o}): chmod 600",
-                    m & 0o777
-                ),
-            ),
-            Some(_) => check(
-                "master key",
-                true,
-                "MAGIC_MASTER_KEY_FILE is readable by its owner only",
-            ),
-            None => check(
-                "master key",
-                false,
-                "MAGIC_MASTER_KEY_FILE cannot be read",
-            ),
+/// Upper bound on tracked identities before idle buckets are swept.
+const MAX_BUCKETS: usize = 100_000;
+
+/// Counts requests per identity.
+pub struct RateLimiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    redis: Option<(
+        redis::Client,
+        String,
+        tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    )>,
+}
+
+impl RateLimiter {
+    /// A limiter; with `redis_url` the windows live in Redis (keys under `prefix`).
+    pub fn new(
+        limit: RateLimit,
+        redis_url: Option<&str>,
+        prefix: &str,
+    ) -> Result<RateLimiter, String> {
+        let redis = match redis_url {
+            Some(url) => Some((
+                redis::Client::open(url).map_err(|e| format!("REDIS_URL: {e}"))?,
+                format!("{prefix}ratelimit:"),
+                tokio::sync::Mutex::new(None),
+            )),
+            None => None,
+        };
+        Ok(RateLimiter {
+            limit,
+            buckets: Mutex::new(HashMap::new()),
+            redis,
+        })
+    }
+
+    /// Count one request by `identity`: `Ok` or `Err(Retry-After seconds)`.
+    pub async fn check(&self, identity: &str, roles: &[Role]) -> Result<(), u64> {
+        let Some(rate) = self.limit.rate_for(roles) else {
+            return Ok(());
+        };
+        if let Some((client, prefix, conn)) = &self.redis {
+            match redis_window(client, conn, prefix, identity, rate).await {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::warn!(event = "rate_limit_redis_unavailable", error = %e,
+                        "rate limit falls back to this node's in-process bucket");
+                }
+            }
         }
-    });
-    out
+        self.local(identity, rate, Instant::now())
+    }
+
+    fn local(&self, identity: &str, rate: Rate, now: Instant) -> Result<(), u64> {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_BUCKETS {
+            // Full buckets carry no state worth keeping.
+            buckets.retain(|_, b| now.saturating_duration_since(b.at) < rate.period);
+        }
+        let bucket = buckets.entry(identity.to_string()).or_insert(Bucket {
+            tokens: f64::from(rate.count),
+            at: now,
+        });
+        take(bucket, rate, now)
+    }
+}
+
+async fn redis_window(
+    client: &redis::Client,
+    conn: &tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    prefix: &str,
+    identity: &str,
+    rate: Rate,
+) -> Result<Result<(), u64>, String> {
+    let mut manager = {
+        let mut guard = conn.lock().await;
+        match guard.as_ref() {
+            Some(m) => m.clone(),
+            None => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Duration::from_secs(1))
+                    .set_response_timeout(Duration::from_secs(1))
+                    .set_number_of_retries(1);
+                let m = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.get_connection_manager_with_config(config),
+                )
+                .await
+                .map_err(|_| "connect timeout".to_string())?
+                .map_err(|e| e.to_string())?;
+                *guard = Some(m.clone());
+                m
+            }
+        }
+    };
+    let period_ms = rate.period.as_millis().max(1) as u64;
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let window = now_ms / period_ms;
+    // Identities are hashed into the key: names may hold any character.
+    let id = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(identity.as_bytes())[..12]);
+    let key = format!("{prefix}{id}:{window}");
+    let (count,): (u64,) = redis::pipe()
+        .atomic()
+        .incr(&key, 1u64)
+        .pexpire(&key, (period_ms + 1000) as i64)
+        .ignore()
+        .query_async(&mut manager)
+        .await
+        .map_err(|e| e.to_string())?;
+    if count <= u64::from(rate.count) {
+        Ok(Ok(()))
+    } else {
+        let left_ms = (window + 1) * period_ms - now_ms;
+        Ok(Err(left_ms.div_ceil(1000).max(1)))
+    }
+}
+
+/// The Content-Security-Policy of `path`: the console's pages may load their own scripts and
+/// styles; everything else is data and may load nothing.
+pub fn content_security_policy(path: &str) -> &'static str {
+    if path == "/console" || path.starts_with("/console/") {
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    } else {
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+    }
+}
+
+/// Add the security headers to `response` (for a request to `path`; `tls`: served over TLS).
+pub fn security_headers(path: &str, tls: bool, response: &mut Response) {
+    let h = response.headers_mut();
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(content_security_policy(path)),
+    );
+    if tls {
+        h.insert(
+            "strict-transport-security",
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
+}
+
+/// Check `ALLOWED_ORIGINS` entries (`*` or `scheme://host[:port]`).
+pub fn validate_origins(origins: &[String]) -> Result<(), String> {
+    let ok = |o: &str| {
+        o == "*"
+            || (HeaderValue::from_str(o).is_ok()
+                && o.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https")
+                        && !rest.is_empty()
+                        && !rest.contains(['/', '?', '#', ' ', '@'])
+                }))
+    };
+    let bad: Vec<&String> = origins.iter().filter(|o| !ok(o)).collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "not an origin (scheme://host[:port], no path) or *: {bad:?}"
+        ))
+    }
+}
+
+/// The CORS layer for `origins` (`ALLOWED_ORIGINS`).
+pub fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use http::{header, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            header::HeaderName::from_static("x-api-key"),
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+/// The path of a request (for the headers middleware).
+pub fn path_of<B>(req: &Request<B>) -> String {
+    req.uri().path().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn passing() -> HashMap<&'static str, &'static str> {
-        HashMap::from([
-            ("CONTROLLER_EXECUTION_MODE", "process"),
-            ("CONTROLLER_ALLOWLIST", "InvoiceSync,Greeter"),
-            ("MAGIC_BEHIND_TLS_PROXY", "1"),
-            ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
-            ("ALLOWED_ORIGINS", "https://app.example.com"),
-            ("AUDIT_LOG_SINK", "file:/var/log/magic/audit.jsonl"),
-            ("AUDIT_RETENTION_DAYS", "365"),
-            (
-                "DATABASE_URL",
-                "postgres://magic@db.internal:5432/magic?sslmode=verify-full",
-            ),
-            ("REDIS_URL", "rediss://cache.internal:6380"),
-            ("MAGIC_MASTER_KEY_FILE", "/run/secrets/master.key"),
-        ])
-    }
-
-    fn host() -> HostFacts {
-        HostFacts {
-            missing_isolation: None,
-            master_key_mode: Some(0o600),
-            master_key_in_data_dir: false,
-        }
-    }
-
-    fn failing(env: &HashMap<&str, &str>, host: &HostFacts) -> Vec<&'static str> {
-        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
-        production_checks(&lookup, host)
-            .into_iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.item)
-            .collect()
-    }
 
     #[test]
-    fn a_production_configuration_passes() {
-        assert_eq!(failing(&passing(), &host()), Vec::<&str>::new());
-    }
-
-    #[test]
-    fn each_gap_fails_its_item() {
-        type Change = (&'static str, Option<&'static str>);
-        let table: &[(&[Change], &str)] = &[
-            (
-                &[("CONTROLLER_EXECUTION_MODE", Some("inline"))],
-                "process isolation",
-            ),
-            (
-                &[("MAGIC_ALLOW_DEGRADED_ISOLATION", Some("1"))],
-                "process isolation",
-            ),
-            (&[("CONTROLLER_ALLOWLIST", None)], "controller allowlist"),
-            (
-                &[("CONTROLLER_ALLOWLIST", Some("9bad"))],
-                "controller allowlist",
-            ),
-            (&[("MAGIC_BEHIND_TLS_PROXY", None)], "TLS termination"),
-            (&[("JWT_SECRET", Some("short-secret"))], "strong secrets"),
-            (
-                &[("MAGIC_ADMIN_API_KEY", Some("0123456789abcdef"))],
-                "strong secrets",
-            ),
-            (
-                &[("ALLOWED_ORIGINS", Some("https://a.example, *"))],
-                "CORS origins",
-            ),
-            (&[("AUDIT_LOG_SINK", None)], "audit logging"),
-            (&[("AUDIT_RETENTION_DAYS", None)], "audit logging"),
-            (&[("DATABASE_URL", None)], "database"),
-            (
-                &[("DATABASE_URL", Some("sqlite:/var/lib/magic/m.db"))],
-                "database",
-            ),
-            (
-                &[("DATABASE_URL", Some("postgres://m@db.internal/m"))],
-                "database",
-            ),
-            (
-                &[("MAGIC_APP_DATABASE_URL", Some("postgres://m@10.0.0.5/app"))],
-                "database",
-            ),
-            (&[("REDIS_URL", None)], "redis"),
-            (
-                &[("REDIS_URL", Some("redis://cache.internal:6379"))],
-                "redis",
-            ),
-        ];
-        for (changes, item) in table {
-            let mut env = passing();
-            for (k, v) in *changes {
-                match v {
-                    Some(v) => env.insert(k, v),
-                    None => env.remove(k),
-                };
-            }
-            let failed = failing(&env, &host());
-            assert!(failed.contains(item), "{changes:?}: {failed:?}");
-            // Without process isolation the contract limits are not enforced either.
-            let also = usize::from(*item == "process isolation");
-            assert_eq!(
-                failed.len(),
-                1 + also,
-                "{changes:?}: only {item} fails, got {failed:?}"
-            );
-        }
-        // TLS natively is as good as a proxy; local databases need no TLS.
-        let mut env = passing();
-        env.remove("MAGIC_BEHIND_TLS_PROXY");
-        env.insert("MAGIC_TLS_CERT", "/etc/magic/tls.crt");
-        env.insert("MAGIC_TLS_KEY", "/etc/magic/tls.key");
-        env.insert("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/magic");
-        env.insert("REDIS_URL", "redis://localhost:6379");
-        assert_eq!(failing(&env, &host()), Vec::<&str>::new());
-    }
-
-    #[test]
-    fn host_facts_fail_their_items() {
-        let env = passing();
-        let mut h = host();
-        h.missing_isolation = Some("cgroups".into());
-        assert_eq!(failing(&env, &h), ["process isolation", "resource limits"]);
-        let mut h = host();
-        h.master_key_mode = Some(0o644);
-        assert_eq!(failing(&env, &h), ["master key"]);
-        let mut h = host();
-        h.master_key_in_data_dir = true;
-        assert_eq!(failing(&env, &h), ["master key"]);
-        let mut h = host();
-        h.master_key_mode = None;
-        assert_eq!(failing(&env, &h), ["master key"]);
-    }
-
-    #[test]
-    fn local_hosts() {
-        for (url, local) in [
-            ("postgres://u:p@127.0.0.1:5432/d", true),
-            ("postgres://localhost/d", true),
-            ("postgres://u@[::1]:5432/d", true),
-            ("postgres:///d?host=/run/postgresql", true),
-            ("postgres://u@db.internal/d", false),
-            ("redis://10.0.0.2:6379", false),
+    fn rates_and_limits_parse() {
+        let s = Duration::from_secs(1);
+        let m = Duration::from_secs(60);
+        for (text, count, period) in [
+            ("100/s", 100, s),
+            ("6000/min", 6000, m),
+            (" 5 / m ", 5, m),
+            ("10/h", 10, Duration::from_secs(3600)),
         ] {
-            assert_eq!(is_local_host(url), local, "{url}");
+            assert_eq!(Rate::parse(text), Ok(Rate { count, period }), "{text}");
         }
-        assert!(pg_requires_tls("postgres://h/d?sslmode=require"));
-        assert!(!pg_requires_tls("postgres://h/d?sslmode=prefer"));
+        for bad in ["", "100", "0/s", "-1/s", "x/s", "10/day", "10/"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+        let l = RateLimit::parse("100/s,executor=1000/s, admin=5/min").unwrap();
+        assert_eq!(
+            l.default,
+            Some(Rate {
+                count: 100,
+                period: s
+            })
+        );
+        assert_eq!(l.roles.len(), 2);
+        assert_eq!(l.rate_for(&[Role::Deployer]).unwrap().count, 100);
+        assert_eq!(l.rate_for(&[Role::Executor]).unwrap().count, 1000);
+        assert_eq!(l.rate_for(&[Role::Admin]).unwrap().count, 5);
+        assert_eq!(
+            l.rate_for(&[Role::Admin, Role::Executor]).unwrap().count,
+            1000
+        );
+        let only_roles = RateLimit::parse("executor=10/s").unwrap();
+        assert_eq!(only_roles.rate_for(&[Role::Admin]), None);
+        let e = RateLimit::parse("1/s,2/s,root=1/s,3/fortnight").unwrap_err();
+        assert!(e.contains("more than one default"), "{e}");
+        assert!(e.contains("unknown role \"root\""), "{e}");
+        assert!(e.contains("fortnight"), "{e}");
+        assert!(RateLimit::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn token_bucket_table() {
+        let rate = Rate {
+            count: 2,
+            period: Duration::from_secs(1),
+        };
+        let t0 = Instant::now();
+        let mut b = Bucket {
+            tokens: 2.0,
+            at: t0,
+        };
+        assert_eq!(take(&mut b, rate, t0), Ok(()));
+        assert_eq!(take(&mut b, rate, t0), Ok(()));
+        assert_eq!(take(&mut b, rate, t0), Err(1));
+        // Half a second later one token is back.
+        assert_eq!(take(&mut b, rate, t0 + Duration::from_millis(500)), Ok(()));
+        assert!(take(&mut b, rate, t0 + Duration::from_millis(500)).is_err());
+        // Never more than the capacity.
+        let later = t0 + Duration::from_secs(100);
+        assert_eq!(take(&mut b, rate, later), Ok(()));
+        assert_eq!(take(&mut b, rate, later), Ok(()));
+        assert!(take(&mut b, rate, later).is_err());
+        let slow = Rate {
+            count: 1,
+            period: Duration::from_secs(60),
+        };
+        let mut b = Bucket {
+            tokens: 0.0,
+            at: t0,
+        };
+        assert_eq!(take(&mut b, slow, t0), Err(60));
+    }
+
+    #[tokio::test]
+    async fn identities_have_their_own_buckets() {
+        let limiter = RateLimiter::new(RateLimit::parse("2/min").unwrap(), None, "x:").unwrap();
+        for _ in 0..2 {
+            assert!(limiter.check("a", &[Role::Admin]).await.is_ok());
+        }
+        assert!(limiter.check("a", &[Role::Admin]).await.is_err());
+        assert!(limiter.check("b", &[Role::Admin]).await.is_ok());
+    }
+
+    #[test]
+    fn headers_and_origins() {
+        assert!(content_security_policy("/api/health").contains("default-src 'none'"));
+        assert!(content_security_policy("/console").contains("default-src 'self'"));
+        assert!(content_security_policy("/console/app.js").contains("default-src 'self'"));
+        assert!(content_security_policy("/consoles").contains("default-src 'none'"));
+        let mut r = Response::new(axum::body::Body::empty());
+        security_headers("/api/x", false, &mut r);
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        assert!(r.headers().get("strict-transport-security").is_none());
+        security_headers("/api/x", true, &mut r);
+        assert!(r.headers().get("strict-transport-security").is_some());
+        assert!(validate_origins(&["https://app.example.com".into(), "*".into()]).is_ok());
+        assert!(validate_origins(&["http://localhost:3000".into()]).is_ok());
+        for bad in [
+            "app.example.com",
+            "https://a.com/path",
+            "ftp://a.com",
+            "https://",
+        ] {
+            assert!(validate_origins(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 }

@@ -15,16 +15,19 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod executor;
+pub mod checklist;
 pub mod hardening;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod rbac;
 pub mod registry;
 pub mod sandboxed;
 pub mod slots;
 mod spawn;
+pub mod tls;
 pub mod trace;
 pub mod triggers;
 
@@ -119,6 +122,8 @@ pub struct Runtime {
     pub cluster_slots: Option<slots::ClusterSlots>,
     /// Deploys waiting for a second person's approval.
     pub approvals: approvals::Approvals,
+    /// Per-identity request-rate limit (`MAGIC_RATE_LIMIT`).
+    pub limiter: Option<hardening::RateLimiter>,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
     /// This node's name (`MAGIC_NODE_ID`, else `HOSTNAME:PORT`), set once listening; sent as
@@ -195,8 +200,25 @@ impl Runtime {
         if let Some(names) = &config.controller_allowlist {
             registry.set_allowlist(names.clone());
         }
+        if let Some(policy) = &config.policy {
+            registry.set_policy(policy.clone());
+        }
         let triggers = triggers::Triggers::open(store.clone()).await?;
         let approvals = approvals::Approvals::open(store.clone()).await?;
+        let limiter = match &config.rate_limit {
+            Some(limit) => Some(
+                hardening::RateLimiter::new(
+                    limit.clone(),
+                    config.redis_url.as_deref(),
+                    &config.broker.redis_key_prefix,
+                )
+                .map_err(|reason| config::ConfigError::Invalid {
+                    setting: "REDIS_URL",
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
@@ -232,6 +254,7 @@ impl Runtime {
             audit_chain,
             triggers,
             approvals,
+            limiter,
             admin_key_file,
             node_id: std::sync::OnceLock::new(),
         }))
@@ -434,6 +457,15 @@ pub async fn serve(
     let _ = runtime
         .node_id
         .set(node_name(runtime.config.node_id.as_deref(), addr));
+    let tls = match &runtime.config.tls_settings {
+        Some(settings) => Some(tls::server_config(settings).map_err(|reason| {
+            StartError::Config(config::ConfigError::Invalid {
+                setting: "MAGIC_TLS_CERT",
+                reason,
+            })
+        })?),
+        None => None,
+    };
     on_listening(addr, &runtime);
     let app = api::router(runtime.clone());
     // SIGTERM: stop accepting (the listener closes), let in-flight requests finish for up to
@@ -443,10 +475,16 @@ pub async fn serve(
         shutdown.await;
         let _ = signalled.send(());
     };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .into_future();
-    tokio::pin!(server);
+    let mut server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>,
+    > = match tls {
+        Some(tls_config) => Box::pin(tls::serve(listener, tls_config, app, shutdown)),
+        None => Box::pin(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        ),
+    };
     let grace = runtime.config.shutdown_grace;
     let served = tokio::select! {
         r = &mut server => r,

@@ -152,6 +152,8 @@ pub struct Registry {
     synced: std::sync::Mutex<String>,
     /// `CONTROLLER_ALLOWLIST`: the only names that may be deployed, when set.
     allowlist: std::sync::OnceLock<Vec<String>>,
+    /// `MAGIC_POLICY_FILE`: rules every deployed contract must keep.
+    policy: std::sync::OnceLock<crate::policy::Policy>,
     /// Called with a new version before it takes traffic (process mode: start its zygote).
     warm: std::sync::OnceLock<WarmHook>,
 }
@@ -225,6 +227,21 @@ impl Registry {
         let _ = self.allowlist.set(names);
     }
 
+    /// Refuse deploys that break `policy` (`MAGIC_POLICY_FILE`). Set once.
+    pub fn set_policy(&self, policy: crate::policy::Policy) {
+        let _ = self.policy.set(policy);
+    }
+
+    /// E4002 unless `contract` may be deployed: its name is allowed (`CONTROLLER_ALLOWLIST`)
+    /// and it keeps every rule of the policy file.
+    pub fn check_admissible(&self, contract: &Contract) -> Result<(), ApiError> {
+        self.check_allowed(&contract.name)?;
+        match self.policy.get() {
+            Some(p) => p.check_deploy(contract),
+            None => Ok(()),
+        }
+    }
+
     /// E4002 unless `name` may be deployed (`CONTROLLER_ALLOWLIST`).
     pub fn check_allowed(&self, name: &str) -> Result<(), ApiError> {
         if let Some(allowed) = self.allowlist.get() {
@@ -259,6 +276,7 @@ impl Registry {
             admin: tokio::sync::Mutex::new(()),
             synced: std::sync::Mutex::new(String::new()),
             allowlist: std::sync::OnceLock::new(),
+            policy: std::sync::OnceLock::new(),
             warm: std::sync::OnceLock::new(),
         };
         registry.reload().await?;
@@ -612,7 +630,7 @@ impl Registry {
                     .with_details(serde_json::json!({ "problems": e.0 }))
             })?;
         let contract = package.contract.contract().clone();
-        self.check_allowed(&contract.name)?;
+        self.check_admissible(&contract)?;
         let _admin = self.admin.lock().await;
 
         let existing: Option<(String,)> = sqlx::query_as(

@@ -274,7 +274,7 @@ async fn authenticate(State(c): State<Console>, mut req: Request, next: Next) ->
             csrf = None;
         }
     }
-    let identity = match crate::api::identify(&c.rt, creds).await {
+    let identity = match crate::api::identify(&c.rt, creds, None).await {
         Ok(i) => i,
         Err(e) if csrf.is_some() => {
             // The session's key was revoked or its token expired: log in again.
@@ -425,7 +425,7 @@ async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login
             Credentials::ApiKey(&credential),
         )
     };
-    let identity = match crate::api::identify(&c.rt, creds).await {
+    let identity = match crate::api::identify(&c.rt, creds, None).await {
         Ok(i) => i,
         Err(e) => return login_form(StatusCode::UNAUTHORIZED, Some(&e.message), &next),
     };
