@@ -265,7 +265,7 @@ async fn capability_calls_reach_the_host_and_failures_come_back_typed() {
                  (call $emit (i32.const 121) (i32.const 7) (i32.const 128) (i32.const 4) (f64.const 2) (i32.const 132) (i32.const 2))
                  (call $db (i32.const 114) (i32.const 5) (i32.const 119) (i32.const 2) (i32.const 300))
                  ;; the db call failed: return its failure (at 300) as ours
-                 (i32.const 300)))"#,
+                 (i32.const 300))"#,
         ))
         .unwrap();
     let host = Arc::new(Recorder::default());
@@ -298,7 +298,7 @@ async fn calls_after_the_deadline_are_refused_without_reaching_the_host() {
             r#"(data (i32.const 100) "get{}")
                (func (export "execute") (param i32 i32) (result i32)
                  (call $cache (i32.const 100) (i32.const 3) (i32.const 103) (i32.const 2) (i32.const 300))
-                 (i32.const 300)))"#,
+                 (i32.const 300))"#,
         ))
         .unwrap();
     let host = Arc::new(Recorder::default());
