@@ -23,6 +23,7 @@ pub mod sandboxed;
 mod spawn;
 pub mod trace;
 pub mod triggers;
+pub mod wasm;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -184,7 +185,8 @@ impl Runtime {
         let sandbox = sandboxed::start_sandbox(&config, &python, &sdk_dir, &runtime_dir)
             .map_err(StartError::Sandbox)?;
         let executor = Executor::new(python, sdk_dir, broker.clone(), metrics.clone())
-            .with_sandbox(sandbox, config.max_concurrent);
+            .with_sandbox(sandbox, config.max_concurrent)
+            .with_wasm(runtime_dir.join("wasm-cache"));
         if let Some(hook) = executor.warm_hook() {
             registry.set_warm_hook(hook);
         }

@@ -159,7 +159,9 @@ pub struct Registry {
 /// Prepares a deployed version to serve before it becomes visible (see
 /// [`Registry::set_warm_hook`]).
 pub type WarmHook = Arc<
-    dyn Fn(Arc<DeployedVersion>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    dyn Fn(
+            Arc<DeployedVersion>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>
         + Send
         + Sync,
 >;
@@ -311,7 +313,9 @@ impl Registry {
             let previous = old.get(&name);
             if previous.is_none_or(|e| !Arc::ptr_eq(&e.active, &active_version)) {
                 if let Some(warm) = self.warm.get() {
-                    warm(active_version.clone()).await;
+                    if let Err(e) = warm(active_version.clone()).await {
+                        tracing::error!(controller = %name, error = %e.message, "version could not be prepared");
+                    }
                 }
             }
             let slots = previous
@@ -640,7 +644,7 @@ impl Registry {
         let loaded =
             Arc::new(self.load_version(&package.files, &digest, now.clone(), actor.into())?);
         if let Some(warm) = self.warm.get() {
-            warm(loaded.clone()).await;
+            warm(loaded.clone()).await?;
         }
 
         let mut tx = self

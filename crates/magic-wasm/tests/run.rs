@@ -333,3 +333,43 @@ async fn modules_outside_the_world_are_refused_at_prepare() {
         assert_eq!(err.code(), ErrorCode::ContractInvalid, "{err}");
     }
 }
+
+#[tokio::test]
+async fn the_c_example_builds_with_clang_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/controllers/wasm_c/build.sh"
+    );
+    let out_path = dir.path().join("controller.wasm");
+    let built = std::process::Command::new("sh")
+        .arg(script)
+        .env("OUT", &out_path)
+        .output();
+    match built {
+        Ok(o) if o.status.success() => {}
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("not found") => {
+            eprintln!("skipped: clang is not installed (.ci/run installs clang and lld)");
+            return;
+        }
+        other => panic!("build.sh failed: {other:?}"),
+    }
+    let engine = engine(dir.path());
+    let c = engine.prepare(&std::fs::read(&out_path).unwrap()).unwrap();
+    let host = Arc::new(Recorder::default());
+    let out = c.run(host.clone(), "{\"a\":1}", limits(2000)).await.unwrap();
+    assert_eq!(out, Ok("{\"hits\":1,\"input_bytes\":7}".to_string()));
+    let calls = host.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].1, "get");
+    assert_eq!(
+        calls[1],
+        (
+            "cache".to_string(),
+            "set".to_string(),
+            "{\"key\":\"wasmc:hits\",\"ttl_s\":60,\"value\":1}".to_string()
+        )
+    );
+    assert_eq!(*host.logs.lock().unwrap(), vec!["info:counted a visit"]);
+    assert_eq!(*host.metrics.lock().unwrap(), vec![("wasm_c_hits".to_string(), 1.0)]);
+}
