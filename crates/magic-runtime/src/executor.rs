@@ -171,7 +171,12 @@ impl Executor {
                         let v = version.clone();
                         return tokio::task::spawn_blocking(move || wasm.prepare(&v).map(|_| ()))
                             .await
-                            .unwrap_or_else(|e| Err(ApiError::new(ErrorCode::ControllerFailed, format!("wasm compilation failed: {e}"))));
+                            .unwrap_or_else(|e| {
+                                Err(ApiError::new(
+                                    ErrorCode::ControllerFailed,
+                                    format!("wasm compilation failed: {e}"),
+                                ))
+                            });
                     }
                     return Ok(());
                 }

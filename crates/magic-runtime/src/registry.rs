@@ -161,7 +161,8 @@ pub struct Registry {
 pub type WarmHook = Arc<
     dyn Fn(
             Arc<DeployedVersion>,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>
         + Send
         + Sync,
 >;

@@ -30,9 +30,7 @@ impl DiskCache {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| {
-                WasmError::Internal(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            .map_err(|e| WasmError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(DiskCache {

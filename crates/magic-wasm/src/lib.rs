@@ -47,7 +47,12 @@ pub struct Failure {
 pub trait Host: Send + Sync {
     /// A capability call (`capability` is `db`, `http`, `secrets`, `queue` or `cache`); `args`
     /// and the result are JSON text.
-    fn call(&self, capability: &'static str, op: String, args: String) -> BoxFuture<'static, Result<String, Failure>>;
+    fn call(
+        &self,
+        capability: &'static str,
+        op: String,
+        args: String,
+    ) -> BoxFuture<'static, Result<String, Failure>>;
     /// A log line (`fields` is a JSON object as text).
     fn log(&self, level: &str, message: &str, fields: &str);
     /// A custom metric sample (`labels` is a JSON object as text).

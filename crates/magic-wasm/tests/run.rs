@@ -131,7 +131,9 @@ async fn compiled_code_is_cached_on_disk_and_reused_by_a_new_engine() {
     let third = engine(dir.path());
     let c = third.prepare(&example()).unwrap();
     assert_eq!(third.cache_stats().compiled, 1);
-    let out = c.run(Arc::new(Recorder::default()), "{}", limits(1000)).await;
+    let out = c
+        .run(Arc::new(Recorder::default()), "{}", limits(1000))
+        .await;
     assert!(out.unwrap().is_ok());
 }
 
@@ -171,7 +173,10 @@ async fn loops_yield_so_other_executions_keep_running() {
     let hello = engine.prepare(&example()).unwrap();
     let spinning = tokio::spawn({
         let spin = spin.clone();
-        async move { spin.run(Arc::new(Recorder::default()), "{}", limits(1500)).await }
+        async move {
+            spin.run(Arc::new(Recorder::default()), "{}", limits(1500))
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
@@ -203,7 +208,10 @@ async fn memory_growth_past_the_cap_is_e3002() {
         .run(Arc::new(Recorder::default()), "{}", limits(2000))
         .await
         .unwrap_err();
-    assert!(matches!(err, WasmError::Memory { limit } if limit == 16 * 1024 * 1024), "{err}");
+    assert!(
+        matches!(err, WasmError::Memory { limit } if limit == 16 * 1024 * 1024),
+        "{err}"
+    );
     assert_eq!(err.code(), ErrorCode::MemoryExceeded);
 }
 
@@ -245,7 +253,10 @@ async fn huge_output_is_refused() {
         .run(Arc::new(Recorder::default()), "{}", limits(2000))
         .await
         .unwrap_err();
-    assert!(matches!(err, WasmError::OutputTooLarge { size: 2097152 }), "{err}");
+    assert!(
+        matches!(err, WasmError::OutputTooLarge { size: 2097152 }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -285,7 +296,10 @@ async fn capability_calls_reach_the_host_and_failures_come_back_typed() {
             ("db".into(), "query".into(), "{}".into())
         ]
     );
-    assert_eq!(*host.metrics.lock().unwrap(), vec![("hits".to_string(), 2.0)]);
+    assert_eq!(
+        *host.metrics.lock().unwrap(),
+        vec![("hits".to_string(), 2.0)]
+    );
 }
 
 #[tokio::test]
@@ -325,7 +339,10 @@ async fn modules_outside_the_world_are_refused_at_prepare() {
             r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
             r#"(func (export "execute") (param i32 i32) (result i32) (i32.const 0))"#,
         ),
-        module("", r#"(func (export "run") (param i32 i32) (result i32) (i32.const 0))"#),
+        module(
+            "",
+            r#"(func (export "run") (param i32 i32) (result i32) (i32.const 0))"#,
+        ),
         b"\0asm\x01\0\0\0garbage".to_vec(),
     ];
     for bytes in cases {
@@ -357,7 +374,10 @@ async fn the_c_example_builds_with_clang_and_runs() {
     let engine = engine(dir.path());
     let c = engine.prepare(&std::fs::read(&out_path).unwrap()).unwrap();
     let host = Arc::new(Recorder::default());
-    let out = c.run(host.clone(), "{\"a\":1}", limits(2000)).await.unwrap();
+    let out = c
+        .run(host.clone(), "{\"a\":1}", limits(2000))
+        .await
+        .unwrap();
     assert_eq!(out, Ok("{\"hits\":1,\"input_bytes\":7}".to_string()));
     let calls = host.calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
@@ -371,5 +391,8 @@ async fn the_c_example_builds_with_clang_and_runs() {
         )
     );
     assert_eq!(*host.logs.lock().unwrap(), vec!["info:counted a visit"]);
-    assert_eq!(*host.metrics.lock().unwrap(), vec![("wasm_c_hits".to_string(), 1.0)]);
+    assert_eq!(
+        *host.metrics.lock().unwrap(),
+        vec![("wasm_c_hits".to_string(), 1.0)]
+    );
 }
