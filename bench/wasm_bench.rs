@@ -184,15 +184,6 @@ async fn instantiate_call_drop(n: usize) -> (Stats, bool) {
     (stats(lat, started.elapsed()), engine.pooling())
 }
 
-async fn hello_world() -> String {
-    use axum::routing::get;
-    let app = axum::Router::new().route("/", get(|| async { "Hello, World!" }));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    addr
-}
-
 fn contract(dir: &Path, name: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
