@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use magic_broker::{CapabilityBroker, CapabilityCall, ExecutionContext};
-use magic_contract::ErrorCode;
+use magic_contract::{ErrorCode, PackageKind};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -54,6 +54,8 @@ pub struct Executor {
     metrics: Arc<Metrics>,
     /// Process mode: the sandbox and one zygote pool per deployed version.
     process: Option<Arc<crate::sandboxed::ProcessMode>>,
+    /// WASM controllers (`controller.wasm`), in either mode.
+    wasm: Option<Arc<crate::wasm::WasmMode>>,
     /// Set once the shutdown grace has passed: executions still running are stopped.
     abort: tokio::sync::watch::Sender<bool>,
 }
@@ -138,6 +140,7 @@ impl Executor {
             broker,
             metrics,
             process: None,
+            wasm: None,
             abort: tokio::sync::watch::channel(false).0,
         }
     }
@@ -156,6 +159,17 @@ impl Executor {
         }
     }
 
+    /// Run WASM controllers, caching their compiled code in `cache_dir`.
+    pub fn with_wasm(mut self, cache_dir: PathBuf) -> Self {
+        self.wasm = Some(Arc::new(crate::wasm::WasmMode::new(cache_dir)));
+        self
+    }
+
+    /// WASM support, when enabled.
+    pub fn wasm(&self) -> Option<&Arc<crate::wasm::WasmMode>> {
+        self.wasm.as_ref()
+    }
+
     /// Run executions in process mode with `sandbox` (`None` keeps inline mode).
     pub fn with_sandbox(
         mut self,
@@ -167,17 +181,41 @@ impl Executor {
         self
     }
 
-    /// The registry's warm hook for process mode (`None` in inline mode): starts a new
-    /// version's zygote and first spare before the version takes traffic.
+    /// The registry's warm hook (`None` when there is nothing to warm): process mode starts a
+    /// new Python version's zygote and first spare before the version takes traffic; a WASM
+    /// version is compiled (or loaded from the cache) and pre-linked, and a WASM binary that
+    /// does not fit the world fails the deploy.
     pub fn warm_hook(&self) -> Option<crate::registry::WarmHook> {
-        let process = self.process.clone()?;
+        if self.process.is_none() && self.wasm.is_none() {
+            return None;
+        }
+        let process = self.process.clone();
+        let wasm = self.wasm.clone();
         Some(Arc::new(move |version: Arc<DeployedVersion>| {
             let process = process.clone();
+            let wasm = wasm.clone();
             Box::pin(async move {
-                if let Err(e) = process.prepare(&version).await {
-                    tracing::warn!(controller = %version.name, version = %version.version,
-                        error = %e.message, "could not start the new version's zygote ahead of traffic");
+                if version.kind == PackageKind::Wasm {
+                    if let Some(wasm) = wasm {
+                        let v = version.clone();
+                        return tokio::task::spawn_blocking(move || wasm.prepare(&v).map(|_| ()))
+                            .await
+                            .unwrap_or_else(|e| {
+                                Err(ApiError::new(
+                                    ErrorCode::ControllerFailed,
+                                    format!("wasm compilation failed: {e}"),
+                                ))
+                            });
+                    }
+                    return Ok(());
                 }
+                if let Some(process) = process {
+                    if let Err(e) = process.prepare(&version).await {
+                        tracing::warn!(controller = %version.name, version = %version.version,
+                            error = %e.message, "could not start the new version's zygote ahead of traffic");
+                    }
+                }
+                Ok(())
             })
         }))
     }
@@ -198,6 +236,12 @@ impl Executor {
     /// Process mode: start `version`'s zygote and its first spare child now (hot deploy calls
     /// this before the version takes traffic). Inline mode: nothing to do.
     pub async fn prepare(&self, version: &Arc<DeployedVersion>) -> Result<(), ApiError> {
+        if version.kind == PackageKind::Wasm {
+            return match &self.wasm {
+                Some(w) => w.prepare(version).map(|_| ()),
+                None => Err(wasm_disabled()),
+            };
+        }
         match &self.process {
             Some(p) => p.prepare(version).await,
             None => Ok(()),
@@ -216,6 +260,23 @@ impl Executor {
         let timeout = version.contract.resources.timeout;
         let started = Instant::now();
         let deadline = started + timeout;
+        if version.kind == PackageKind::Wasm {
+            let Some(wasm) = &self.wasm else {
+                return failed(wasm_disabled());
+            };
+            let ctx = ExecutionContext {
+                request_id: request_id.to_string(),
+                controller: version.name.clone(),
+                version: version.version.to_string(),
+                contract: version.contract.clone(),
+                deadline,
+                temp_dir: None,
+                traceparent: traceparent.map(str::to_string),
+            };
+            return wasm
+                .execute(&self.broker, &self.metrics, ctx, version, input)
+                .await;
+        }
         if let Some(process) = &self.process {
             let worker = match process.child(version).await {
                 Ok(c) => Worker::Sandboxed(c),
@@ -377,11 +438,9 @@ impl Executor {
                         }
                         Some(Ok(FromWorker::Log { level, message, fields })) => {
                             log_lines += 1;
+                            controller_log_limited(&ctx, log_lines, &level, &message, &fields);
                             if log_lines <= MAX_LOG_LINES {
-                                controller_log(&ctx, &level, &message, &fields);
                                 self.metrics.activity.log(&ctx.request_id, &level, &message);
-                            } else if log_lines == MAX_LOG_LINES + 1 {
-                                tracing::warn!(request_id = %ctx.request_id, controller = %ctx.controller, event = "log_limit", "controller log lines capped at {MAX_LOG_LINES}");
                             }
                         }
                         Some(Ok(FromWorker::Metric { kind, name, value, labels })) => {
@@ -417,16 +476,10 @@ impl Executor {
                     },
                     Some(joined) = calls.join_next(), if !calls.is_empty() => {
                         let Ok((id, reply)) = joined else { continue };
-                        if let Some(cap) = reply.capability {
-                            self.metrics.capability_usage.with_label_values(&[&ctx.controller, cap]).inc();
-                            if reply.result.is_ok() {
-                                used.insert(cap.to_string());
-                            }
-                        }
+                        account_reply(&self.metrics, &ctx.controller, &reply, &mut used, &mut denials);
                         let frame = match reply.result {
                             Ok(value) => ToWorker::Reply { id, ok: true, value: Some(value), error: None },
                             Err(e) => {
-                                denials += 1;
                                 ToWorker::Reply { id, ok: false, value: None, error: Some(WireError {
                                     code: e.code.as_str().to_string(), message: e.message, details: e.details,
                                     exception: None, traceback: None,
@@ -558,7 +611,52 @@ fn resource_error(e: &WireError, has_temp: bool) -> Option<(ErrorCode, &'static 
     None
 }
 
-fn limit_error(
+/// Account one broker reply the same way for every kind of controller: the capability usage
+/// metric, `capabilities_used` (successful calls) and the denial count (refused calls).
+pub(crate) fn account_reply(
+    metrics: &Metrics,
+    controller: &str,
+    reply: &magic_broker::BrokerReply,
+    used: &mut BTreeSet<String>,
+    denials: &mut usize,
+) {
+    if let Some(cap) = reply.capability {
+        metrics
+            .capability_usage
+            .with_label_values(&[controller, cap])
+            .inc();
+        if reply.result.is_ok() {
+            used.insert(cap.to_string());
+        }
+    }
+    if reply.result.is_err() {
+        *denials += 1;
+    }
+}
+
+fn wasm_disabled() -> ApiError {
+    ApiError::new(
+        ErrorCode::SandboxUnavailable,
+        "this runtime does not run WASM controllers",
+    )
+}
+
+/// Log the execution's `n`th log line, if under [`MAX_LOG_LINES`] (one warning when capped).
+pub(crate) fn controller_log_limited(
+    ctx: &ExecutionContext,
+    n: usize,
+    level: &str,
+    message: &str,
+    fields: &serde_json::Map<String, serde_json::Value>,
+) {
+    if n <= MAX_LOG_LINES {
+        controller_log(ctx, level, message, fields);
+    } else if n == MAX_LOG_LINES + 1 {
+        tracing::warn!(request_id = %ctx.request_id, controller = %ctx.controller, event = "log_limit", "controller log lines capped at {MAX_LOG_LINES}");
+    }
+}
+
+pub(crate) fn limit_error(
     metrics: &Metrics,
     controller: &str,
     code: ErrorCode,
@@ -573,7 +671,7 @@ fn limit_error(
     ApiError::new(code, message)
 }
 
-fn failed(e: ApiError) -> ExecutionOutcome {
+pub(crate) fn failed(e: ApiError) -> ExecutionOutcome {
     ExecutionOutcome {
         result: Err(e),
         capabilities_used: Vec::new(),
@@ -588,7 +686,7 @@ fn worker_failed(message: String) -> ApiError {
 
 /// A `result` error from the worker: capability codes pass through, everything else is E5001.
 /// The traceback is logged by the caller's log line, never returned to the HTTP client.
-fn controller_error(error: Option<WireError>) -> ApiError {
+pub(crate) fn controller_error(error: Option<WireError>) -> ApiError {
     let Some(e) = error else {
         return worker_failed("the controller failed without saying why".into());
     };
@@ -658,7 +756,7 @@ fn kill_group(pgid: i32) {
     crate::spawn::kill_process_group(pgid);
 }
 
-fn humanize(d: Duration) -> String {
+pub(crate) fn humanize(d: Duration) -> String {
     if d.as_millis().is_multiple_of(1000) {
         format!("{}s", d.as_secs())
     } else {

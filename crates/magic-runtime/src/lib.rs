@@ -30,6 +30,7 @@ mod spawn;
 pub mod tls;
 pub mod trace;
 pub mod triggers;
+pub mod wasm;
 
 use std::future::IntoFuture as _;
 use std::net::SocketAddr;
@@ -234,7 +235,8 @@ impl Runtime {
         let sandbox = sandboxed::start_sandbox(&config, &python, &sdk_dir, &runtime_dir)
             .map_err(StartError::Sandbox)?;
         let executor = Executor::new(python, sdk_dir, broker.clone(), metrics.clone())
-            .with_sandbox(sandbox, config.max_concurrent);
+            .with_sandbox(sandbox, config.max_concurrent)
+            .with_wasm(runtime_dir.join("wasm-cache"));
         if let Some(hook) = executor.warm_hook() {
             registry.set_warm_hook(hook);
         }

@@ -161,7 +161,10 @@ pub struct Registry {
 /// Prepares a deployed version to serve before it becomes visible (see
 /// [`Registry::set_warm_hook`]).
 pub type WarmHook = Arc<
-    dyn Fn(Arc<DeployedVersion>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    dyn Fn(
+            Arc<DeployedVersion>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ApiError>> + Send>>
         + Send
         + Sync,
 >;
@@ -345,7 +348,9 @@ impl Registry {
             let previous = old.get(&name);
             if previous.is_none_or(|e| !Arc::ptr_eq(&e.active, &active_version)) {
                 if let Some(warm) = self.warm.get() {
-                    warm(active_version.clone()).await;
+                    if let Err(e) = warm(active_version.clone()).await {
+                        tracing::error!(controller = %name, error = %e.message, "version could not be prepared");
+                    }
                 }
             }
             // A version another node just stored and is about to activate (the newest one,
@@ -356,7 +361,9 @@ impl Registry {
                 if !Arc::ptr_eq(newest, &active_version)
                     && !prev.versions.contains_key(&newest.version)
                 {
-                    warm(newest.clone()).await;
+                    if let Err(e) = warm(newest.clone()).await {
+                        tracing::warn!(controller = %name, version = %newest.version, error = %e.message, "stored version could not be prepared ahead of activation");
+                    }
                 }
             }
             let slots = previous
@@ -682,12 +689,18 @@ impl Registry {
         // Two steps, so that every node warms the new version at the same time: first the
         // version is stored (not active yet) and the other nodes are told; they load it and
         // start its zygote while this node starts its own; then traffic switches everywhere.
+        // A WASM binary that does not fit the world is refused before anything is stored
+        // (compiling it is what tells); Python versions warm on every node at once.
+        let wasm = loaded.kind == PackageKind::Wasm;
+        if let (true, Some(warm)) = (wasm, self.warm.get()) {
+            warm(loaded.clone()).await?;
+        }
         if !stored_already {
             self.store_version(&contract, &package, &digest, &stored, &now, actor)
                 .await?;
         }
-        if let Some(warm) = self.warm.get() {
-            warm(loaded.clone()).await;
+        if let (false, Some(warm)) = (wasm, self.warm.get()) {
+            warm(loaded.clone()).await?;
         }
         let mut tx = self
             .store

@@ -1,0 +1,330 @@
+//! WASM controller benchmark: a no-op WASM controller over HTTP (fresh instance per request),
+//! instantiate + call + drop alone, and in the same run an axum hello world and the same no-op
+//! as a Python controller (process mode). Bounded in count and time.
+//!
+//! Run with `bench/wasm.sh` (release build). Prints a Markdown table for docs/BENCHMARKS.md.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KEY: &str = "bench-admin-key-0123456789abcdef";
+
+/// `execute` returns `{}` without touching the host.
+const NOOP_WAT: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) (i32.const 4096))
+  (data (i32.const 16) "{}")
+  (func (export "execute") (param i32 i32) (result i32)
+    (i32.store8 (i32.const 32) (i32.const 0))
+    (i32.store (i32.const 36) (i32.const 16))
+    (i32.store (i32.const 40) (i32.const 2))
+    (i32.const 32)))"#;
+
+/// Latency percentiles in microseconds and throughput.
+struct Stats {
+    p50: f64,
+    p99: f64,
+    rps: f64,
+    n: usize,
+}
+
+fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
+    lat.sort();
+    let pick = |q: f64| lat[((lat.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    Stats {
+        p50: pick(0.50),
+        p99: pick(0.99),
+        rps: lat.len() as f64 / wall.as_secs_f64(),
+        n: lat.len(),
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection; returns the status and body of each request.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn new(addr: &str) -> Conn {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).unwrap();
+        Conn {
+            s,
+            buf: Vec::with_capacity(8192),
+        }
+    }
+
+    async fn request(&mut self, req: &[u8]) -> (u16, Vec<u8>) {
+        self.s.write_all(req).await.expect("write");
+        self.buf.clear();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+                let status: u16 = head[9..12].parse().unwrap_or(0);
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let n = self.s.read(&mut chunk).await.expect("read body");
+                    assert!(n > 0);
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return (status, self.buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+    }
+}
+
+fn find(h: &[u8], n: &[u8]) -> Option<usize> {
+    h.windows(n.len()).position(|w| w == n)
+}
+
+/// `total` requests over `conc` connections, at most `limit` long.
+async fn load(addr: &str, req: Vec<u8>, conc: usize, total: usize, limit: Duration) -> Stats {
+    let req = Arc::new(req);
+    let started = Instant::now();
+    let per = total / conc;
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (addr, req) = (addr.to_string(), req.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(&addr).await;
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                if started.elapsed() > limit {
+                    break;
+                }
+                let t = Instant::now();
+                let (status, body) = c.request(&req).await;
+                lat.push(t.elapsed());
+                assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    stats(all, started.elapsed())
+}
+
+fn row(name: &str, s: &Stats) {
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.0} | {} |",
+        s.p50, s.p99, s.rps, s.n
+    );
+}
+
+async fn hello_world() -> String {
+    use axum::routing::get;
+    let app = axum::Router::new().route("/", get(|| async { "Hello, World!" }));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+struct NoHost;
+
+impl magic_wasm::Host for NoHost {
+    fn call(
+        &self,
+        _capability: &'static str,
+        _op: String,
+        _args: String,
+    ) -> BoxFuture<'static, Result<String, magic_wasm::Failure>> {
+        Box::pin(async { Ok("null".to_string()) })
+    }
+    fn log(&self, _level: &str, _message: &str, _fields: &str) {}
+    fn metric(&self, _kind: &str, _name: &str, _value: f64, _labels: &str) {}
+}
+
+/// Instantiate + call + drop of the no-op, in process, `n` times (after a warm-up).
+async fn instantiate_call_drop(n: usize) -> (Stats, bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = magic_wasm::Engine::new(magic_wasm::EngineConfig {
+        cache_dir: tmp.path().to_path_buf(),
+        max_instances: 128,
+        fuel: None,
+    })
+    .unwrap();
+    let c = engine.prepare(&wat::parse_str(NOOP_WAT).unwrap()).unwrap();
+    let host: Arc<dyn magic_wasm::Host> = Arc::new(NoHost);
+    let limits = || magic_wasm::Limits {
+        memory: 64 << 20,
+        deadline: Instant::now() + Duration::from_secs(10),
+    };
+    for _ in 0..1000 {
+        c.run(host.clone(), "{}", limits()).await.unwrap().unwrap();
+    }
+    let mut lat = Vec::with_capacity(n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = c.run(host.clone(), "{}", limits()).await.unwrap().unwrap();
+        lat.push(t.elapsed());
+        assert_eq!(out, "{}");
+    }
+    (stats(lat, started.elapsed()), engine.pooling())
+}
+
+fn contract(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("contract.yaml"),
+        format!("name: {name}\nversion: 1.0.0\ninput: {{ type: object }}\noutput: {{ type: object }}\ncapabilities: []\nresources: {{ timeout: 10s }}\n"),
+    )
+    .unwrap();
+}
+
+fn execute_request(name: &str) -> Vec<u8> {
+    format!("POST /api/execute/{name} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes()
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let magic = PathBuf::from(args.get(1).expect("usage: wasm_bench MAGIC_BINARY"));
+    let total: usize = std::env::var("BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20000);
+    let limit = Duration::from_secs(20);
+
+    println!("| scenario | p50 µs | p99 µs | req/s | n |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let (icd, pooling) = instantiate_call_drop(20000).await;
+    row(
+        &format!("**WASM instantiate + call + drop, in process** (pooling: {pooling})"),
+        &icd,
+    );
+    let hello = hello_world().await;
+    let req = format!("GET / HTTP/1.1\r\nHost: {hello}\r\n\r\n").into_bytes();
+    load(&hello, req.clone(), 1, 2000, limit).await;
+    row(
+        "baseline: axum hello world, 1 connection",
+        &load(&hello, req.clone(), 1, total, limit).await,
+    );
+    row(
+        "baseline: axum hello world, 4 connections",
+        &load(&hello, req, 4, total, limit).await,
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Command::new(&magic)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("MAGIC_ADMIN_API_KEY", KEY)
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("CONTROLLER_MAX_CONCURRENT", "64")
+        .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("magic serve");
+    let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let out = server.stdout.take().unwrap();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let mut l = sink.lock().unwrap();
+            if l.len() < 100 {
+                l.push(line);
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let found = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("listening"))
+            .cloned();
+        if let Some(line) = found {
+            break line
+                .split(|c: char| c == '"' || c.is_whitespace())
+                .find(|t| t.starts_with("127.0.0.1:") || t.starts_with("http://127.0.0.1:"))
+                .expect("address in the listening line")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let deploy = |dir: &Path| {
+        let st = Command::new(&magic)
+            .arg("deploy")
+            .arg(dir)
+            .env("MAGIC_URL", format!("http://{addr}"))
+            .env("MAGIC_API_KEY", KEY)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let wasm_dir = tmp.path().join("wasm_noop");
+    contract(&wasm_dir, "WasmNoop");
+    std::fs::write(
+        wasm_dir.join("controller.wasm"),
+        wat::parse_str(NOOP_WAT).unwrap(),
+    )
+    .unwrap();
+    deploy(&wasm_dir);
+    let py_dir = tmp.path().join("py_noop");
+    contract(&py_dir, "PyNoop");
+    std::fs::write(
+        py_dir.join("controller.py"),
+        "from magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\nclass PyNoop(Controller):\n    async def execute(self, input):\n        return {}\n",
+    )
+    .unwrap();
+    deploy(&py_dir);
+
+    let wreq = execute_request("WasmNoop");
+    load(&addr, wreq.clone(), 1, 2000, limit).await;
+    row(
+        "**WASM no-op controller over HTTP, fresh instance per request, 1 connection**",
+        &load(&addr, wreq.clone(), 1, total, limit).await,
+    );
+    row(
+        "**same, 4 connections**",
+        &load(&addr, wreq.clone(), 4, total, limit).await,
+    );
+    row(
+        "**same, 8 connections**",
+        &load(&addr, wreq, 8, total, limit).await,
+    );
+    let preq = execute_request("PyNoop");
+    load(&addr, preq.clone(), 1, 200, limit).await;
+    row(
+        "Python no-op controller (process mode), 1 connection",
+        &load(&addr, preq.clone(), 1, total.min(4000), limit).await,
+    );
+    row(
+        "Python no-op controller (process mode), 4 connections",
+        &load(&addr, preq, 4, total.min(4000), limit).await,
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
