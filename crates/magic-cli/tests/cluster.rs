@@ -295,8 +295,8 @@ fn start_nginx(dir: &Path, nodes: &[&str], rate: (&str, &str)) -> Nginx {
             ("MAGIC_TLS_KEY", key.display().to_string()),
             ("MAGIC_UPSTREAM_FILE", upstream.display().to_string()),
             ("MAGIC_NGINX_RUNTIME_DIR", run.display().to_string()),
-            ("MAGIC_RATE_LIMIT", rate.0.into()),
-            ("MAGIC_RATE_BURST", rate.1.into()),
+            ("MAGIC_NGINX_RATE_LIMIT", rate.0.into()),
+            ("MAGIC_NGINX_RATE_BURST", rate.1.into()),
         ],
     );
     let conf_path = dir.join("nginx.conf");
@@ -747,7 +747,7 @@ async fn nginx_rate_limits_per_client_with_the_envelope() {
     let (rid, body) = refused.unwrap();
     assert_eq!(rid, "rate-1");
     assert_eq!(body["request_id"], "rate-1");
-    assert_eq!(body["error"]["code"], "E3004");
+    assert_eq!(body["error"]["code"], "E4003");
     drop(nginx);
     node.stop();
 }
