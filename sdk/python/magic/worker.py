@@ -124,7 +124,11 @@ def load_controller(package_dir: str) -> Type[Controller]:
     # for modules the controller imports later). This process serves only this controller.
     sys.dont_write_bytecode = True
     try:
-        spec.loader.exec_module(module)
+        code = _precompiled.pop(os.path.join(package_dir, "controller.py"), None)
+        if code is None:
+            spec.loader.exec_module(module)
+        else:
+            exec(code, vars(module))
     except BaseException as exc:  # SyntaxError, ImportError, SystemExit at import time…
         sys.modules.pop(_MODULE_NAME, None)
         raise ControllerLoadError(
@@ -145,6 +149,25 @@ def load_controller(package_dir: str) -> Type[Controller]:
             "%s.execute must be a coroutine: write `async def execute(self, input)`" % cls.__name__
         )
     return cls
+
+
+_precompiled: Dict[str, Any] = {}
+
+
+def precompile_controller(package_dir: str) -> None:
+    """Compile ``<package_dir>/controller.py`` to a code object without running it.
+
+    A zygote calls this once; every forked child's :func:`load_controller` then executes the
+    code object instead of parsing the source again. Compiling runs none of the controller's
+    code. Errors are left for :func:`load_controller` to report.
+    """
+    path = os.path.join(os.path.abspath(package_dir), "controller.py")
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+        _precompiled[path] = compile(source, path, "exec", dont_inherit=True)
+    except BaseException:  # SyntaxError, OSError…: load_controller reports it
+        _precompiled.pop(path, None)
 
 
 _CO_COROUTINE = 0x80
