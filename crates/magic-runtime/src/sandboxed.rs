@@ -187,6 +187,18 @@ fn spec(version: &DeployedVersion) -> ZygoteSpec {
     }
 }
 
+/// Zygotes are started one at a time in this runtime: two `clone`s in flight at once were
+/// seen to leave one new zygote hanging before it became ready.
+static ZYGOTE_STARTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn start_zygote(
+    sb: &Arc<Sandbox>,
+    v: &DeployedVersion,
+) -> Result<Arc<Zygote>, magic_sandbox::SandboxError> {
+    let _one_at_a_time = ZYGOTE_STARTS.lock().await;
+    Zygote::start(sb, spec(v)).await
+}
+
 /// A ready child and the zygote it was forked from.
 struct Spare {
     child: Child,
@@ -353,11 +365,13 @@ impl ProcessMode {
 
     /// Start one more zygote for `v` in the background when the load calls for it.
     fn grow(&self, pool: &Arc<Pool>, v: &Arc<DeployedVersion>) {
+        // Only while every zygote is alive (a dead first zygote is being restarted instead).
         let count = pool
             .zygotes
             .try_lock()
-            .map(|z| z.len())
-            .unwrap_or(usize::MAX);
+            .ok()
+            .filter(|z| z.iter().all(|z| z.is_alive()))
+            .map_or(usize::MAX, |z| z.len());
         if count == 0
             || !wants_another_zygote(true, count, self.max_zygotes)
             || pool.growing.swap(true, Ordering::SeqCst)
@@ -366,7 +380,7 @@ impl ProcessMode {
         }
         let (sb, pool, v) = (self.sandbox.clone(), pool.clone(), v.clone());
         tokio::spawn(async move {
-            match Zygote::start(&sb, spec(&v)).await {
+            match start_zygote(&sb, &v).await {
                 Ok(z) => {
                     tracing::info!(controller = %v.name, version = %v.version, event = "zygote_added",
                         ready_ms = z.ready_in.as_secs_f64() * 1000.0, pid = z.pid(), "another zygote for this version (load)");
@@ -437,7 +451,7 @@ async fn zygote(
             release_unused(sb, s.child);
         }
     }
-    let z = Zygote::start(sb, spec(v)).await.map_err(unavailable)?;
+    let z = start_zygote(sb, v).await.map_err(unavailable)?;
     tracing::info!(controller = %v.name, version = %v.version, event = "zygote_ready",
         ready_ms = z.ready_in.as_secs_f64() * 1000.0, pid = z.pid());
     guard.insert(0, z.clone());
