@@ -11,11 +11,11 @@
 pub mod api;
 pub mod approvals;
 pub mod auth;
+pub mod checklist;
 pub mod config;
 pub mod console;
 pub mod error;
 pub mod executor;
-pub mod checklist;
 pub mod hardening;
 pub mod jwt;
 pub mod logging;

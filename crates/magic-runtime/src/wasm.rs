@@ -234,7 +234,9 @@ impl Host for WasmHost {
         };
         executor::controller_log_limited(&self.ctx, n, level, message, &fields);
         if n <= executor::MAX_LOG_LINES {
-            self.metrics.activity.log(&self.ctx.request_id, level, message);
+            self.metrics
+                .activity
+                .log(&self.ctx.request_id, level, message);
         }
     }
 
