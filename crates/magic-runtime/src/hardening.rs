@@ -255,6 +255,8 @@ pub fn content_security_policy(path: &str) -> &'static str {
 }
 
 /// Add the security headers to `response` (for a request to `path`; `tls`: served over TLS).
+/// A Content-Security-Policy the handler already set (the console's pages set a stricter one)
+/// is kept.
 pub fn security_headers(path: &str, tls: bool, response: &mut Response) {
     let h = response.headers_mut();
     h.insert(
@@ -263,10 +265,8 @@ pub fn security_headers(path: &str, tls: bool, response: &mut Response) {
     );
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(
-        "content-security-policy",
-        HeaderValue::from_static(content_security_policy(path)),
-    );
+    h.entry("content-security-policy")
+        .or_insert(HeaderValue::from_static(content_security_policy(path)));
     if tls {
         h.insert(
             "strict-transport-security",
@@ -330,6 +330,28 @@ pub fn path_of<B>(req: &Request<B>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handlers_own_csp_is_kept_and_the_default_fills_in() {
+        let mut own = Response::new(axum::body::Body::empty());
+        own.headers_mut().insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src 'none'; style-src 'self'"),
+        );
+        security_headers("/console", false, &mut own);
+        assert_eq!(
+            own.headers()["content-security-policy"],
+            "default-src 'none'; style-src 'self'"
+        );
+        let mut plain = Response::new(axum::body::Body::empty());
+        security_headers("/api/health", true, &mut plain);
+        assert_eq!(
+            plain.headers()["content-security-policy"],
+            content_security_policy("/api/health")
+        );
+        assert_eq!(plain.headers()["x-frame-options"], "DENY");
+        assert!(plain.headers().contains_key("strict-transport-security"));
+    }
 
     #[test]
     fn rates_and_limits_parse() {
