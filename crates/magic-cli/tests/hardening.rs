@@ -213,3 +213,53 @@ async fn the_rate_limit_holds_across_two_nodes_on_one_redis() {
         ))
         .status();
 }
+
+/// Every bad security or lifecycle setting stops `serve` before it listens, with a reason that
+/// names the setting (and nothing is created but the data dir).
+#[test]
+fn bad_security_settings_refuse_to_start_naming_the_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pem = tmp.path().join("missing.pem");
+    let pem = pem.to_str().unwrap();
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("MAGIC_RATE_LIMIT", "lots")], "MAGIC_RATE_LIMIT"),
+        (
+            &[("MAGIC_RATE_LIMIT", "10/s,wizard=5/s")],
+            "MAGIC_RATE_LIMIT",
+        ),
+        (&[("ALLOWED_ORIGINS", "not a url")], "ALLOWED_ORIGINS"),
+        (&[("MAGIC_TLS_CERT", pem)], "MAGIC_TLS_KEY"),
+        (&[("MAGIC_TLS_CLIENT_CA", pem)], "MAGIC_TLS_CLIENT_CA"),
+        (
+            &[("MAGIC_TLS_CERT", pem), ("MAGIC_TLS_KEY", pem)],
+            "MAGIC_TLS_CERT",
+        ),
+        (
+            &[
+                ("MAGIC_TLS_CERT", pem),
+                ("MAGIC_TLS_KEY", pem),
+                ("MAGIC_MTLS_ROLES", "ci"),
+            ],
+            "MAGIC_MTLS_ROLES",
+        ),
+        (&[("MAGIC_SHUTDOWN_GRACE", "soon")], "MAGIC_SHUTDOWN_GRACE"),
+    ];
+    for (i, (env, needle)) in cases.iter().enumerate() {
+        let mut cmd = std::process::Command::new(common::magic_bin());
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join(format!("data{i}")))
+            .env("MAGIC_ADMIN_API_KEY", common::ADMIN_KEY)
+            .env("CONTROLLER_EXECUTION_MODE", "inline");
+        for (k, v) in env.iter() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{env:?} started: {err}");
+        assert!(err.contains(needle), "{env:?}: {needle} not in {err}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{env:?} listened"
+        );
+    }
+}

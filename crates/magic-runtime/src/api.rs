@@ -462,7 +462,12 @@ impl Runtime {
         let (deployed, slots) = self.registry.resolve(controller, version.as_ref())?;
         if let Some(policy) = &self.config.policy {
             // A version deployed before the policy tightened does not run past it.
-            policy.check_execute(&deployed.contract)?;
+            let verdict = deployed
+                .policy_verdict
+                .get_or_init(|| policy.check_execute(&deployed.contract).err());
+            if let Some(refusal) = verdict {
+                return Err(refusal.clone());
+            }
         }
         let name = deployed.name.as_str();
         let admitted = crate::slots::admit(

@@ -614,30 +614,6 @@ mod tests {
 
     #[tokio::test]
     async fn requests_are_stored_on_postgres() {
-        use sqlx::Connection as _;
-        const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-        sqlx::any::install_default_drivers();
-        let mut admin = sqlx::AnyConnection::connect(PG)
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432");
-        let schema = format!("apr_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("{PG}?options[search_path]={schema}");
-        let result = {
-            let store = Store::open(Some(&url), dir.path()).await.unwrap();
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(store_round_trip(store)))
-                .await
-        };
-        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        if let Err(e) = result {
-            std::panic::resume_unwind(e);
-        }
+        crate::scratch_pg::run("apr_test", |store, _| store_round_trip(store)).await;
     }
 }

@@ -599,34 +599,10 @@ mod tests {
 
     #[tokio::test]
     async fn migration_2_keeps_existing_keys_on_postgres() {
-        use sqlx::Connection as _;
-        const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-        sqlx::any::install_default_drivers();
-        let mut admin = sqlx::AnyConnection::connect(PG)
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432");
-        let schema = format!("auth_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("{PG}?options[search_path]={schema}");
-        let result = {
-            let store = Store::open(Some(&url), dir.path()).await.unwrap();
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(upgrade_from_v1(
-                store.clone(),
-                dir.path(),
-            )))
-            .await
-        };
-        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        if let Err(e) = result {
-            std::panic::resume_unwind(e);
-        }
+        crate::scratch_pg::run("auth_test", |store, dir| async move {
+            upgrade_from_v1(store, &dir).await
+        })
+        .await;
     }
 
     /// The database itself refuses a second active key with the same name (not only the
@@ -685,33 +661,10 @@ mod tests {
 
     #[tokio::test]
     async fn active_names_are_unique_on_postgres() {
-        use sqlx::Connection as _;
-        const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-        sqlx::any::install_default_drivers();
-        let mut admin = sqlx::AnyConnection::connect(PG)
-            .await
-            .expect("PostgreSQL at 127.0.0.1:5432");
-        let schema = format!("auth_uniq_{}", uuid::Uuid::new_v4().simple());
-        sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("{PG}?options[search_path]={schema}");
-        let result = {
-            let store = Store::open(Some(&url), dir.path()).await.unwrap();
-            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                active_names_are_unique_in_the_database(store, dir.path()),
-            ))
-            .await
-        };
-        sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        if let Err(e) = result {
-            std::panic::resume_unwind(e);
-        }
+        crate::scratch_pg::run("auth_uniq", |store, dir| async move {
+            active_names_are_unique_in_the_database(store, &dir).await
+        })
+        .await;
     }
 
     #[tokio::test]

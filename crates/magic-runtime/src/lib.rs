@@ -25,6 +25,8 @@ pub mod protocol;
 pub mod rbac;
 pub mod registry;
 pub mod sandboxed;
+#[cfg(test)]
+mod scratch_pg;
 pub mod slots;
 mod spawn;
 pub mod tls;

@@ -63,6 +63,10 @@ pub struct DeployedVersion {
     pub deployed_at: String,
     /// Who deployed it.
     pub deployed_by: String,
+    /// The runtime policy's verdict on this version (`None`: may run). The policy is fixed for
+    /// the life of the process and a version never changes, so it is judged once, at the
+    /// version's first execution, not on every request.
+    pub policy_verdict: std::sync::OnceLock<Option<ApiError>>,
 }
 
 /// A controller: its versions, the active one, and its concurrency limit.
@@ -476,6 +480,7 @@ impl Registry {
             package_dir,
             deployed_at,
             deployed_by,
+            policy_verdict: std::sync::OnceLock::new(),
         })
     }
 
