@@ -7,6 +7,7 @@
 //!
 //! | variable | meaning | default |
 //! | --- | --- | --- |
+//! | `AUDIT_LOG_ENABLED` | accepted as `true` (the seeds' name); the chain cannot be turned off, so `false` is refused | `true` |
 //! | `AUDIT_DURABILITY` | `group` (answer once the commit is in the OS; fsync every `AUDIT_FSYNC_INTERVAL_MS`) or `sync` (answer after the fsync) | `group` |
 //! | `AUDIT_LOG_SINK` | comma-separated sinks, see [`crate::sink::SinkSpec`] | none |
 //! | `AUDIT_CHAIN_VERIFY` | verify the chain while reading (tail, export) | `false` |
@@ -137,6 +138,15 @@ impl AuditConfig {
     ) -> Result<AuditConfig, AuditError> {
         let mut c = AuditConfig::new(data_dir);
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("AUDIT_LOG_ENABLED") {
+            if !parse_bool("AUDIT_LOG_ENABLED", &v)? {
+                return Err(AuditError::Config(
+                    "AUDIT_LOG_ENABLED=false: the audit chain cannot be turned off (every execution, \
+                     capability call and admin action is recorded); remove the setting"
+                        .into(),
+                ));
+            }
+        }
         if let Some(v) = get("AUDIT_DURABILITY") {
             c.durability = Durability::parse(&v)?;
         }
@@ -241,6 +251,18 @@ mod tests {
         assert!(c.sinks.is_empty());
         assert!(!c.retention.is_active());
         assert_eq!(c.key, KeySource::DataDir("/data".into()));
+    }
+
+    #[test]
+    fn the_chain_cannot_be_turned_off() {
+        for on in ["true", "1", "yes", "TRUE"] {
+            assert!(cfg(&[("AUDIT_LOG_ENABLED", on)]).is_ok(), "{on}");
+        }
+        for off in ["false", "0", "no"] {
+            let err = cfg(&[("AUDIT_LOG_ENABLED", off)]).expect_err(off).to_string();
+            assert!(err.contains("cannot be turned off"), "{off}: {err}");
+        }
+        assert!(cfg(&[("AUDIT_LOG_ENABLED", "maybe")]).is_err());
     }
 
     #[test]
