@@ -359,6 +359,17 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies() {
+        let got = parse_trusted_proxies("127.0.0.1, 10.0.0.0/8,::1,fd00::/8,").unwrap();
+        let shown: Vec<String> = got.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]);
+        for bad in ["proxy.local", "10.0.0.0/33", "1.2.3"] {
+            assert!(parse_trusted_proxies(bad).is_err(), "{bad}");
+        }
+        assert!(parse_trusted_proxies("").unwrap().is_empty());
+    }
+
+    #[test]
     fn validation_refuses_bad_settings() {
         let base = ServeConfig::new("/tmp/x".into());
         assert!(base.validate().is_ok());

@@ -554,6 +554,102 @@ mod tests {
     }
 
     #[test]
+    fn client_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let proxies = [net("10.0.0.0/8"), net("127.0.0.1/32")];
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [ipnet::IpNet], &'a str);
+        let cases: &[Case] = &[
+            // No trusted proxies: the header is ignored.
+            ("203.0.113.9", &["1.2.3.4"], &[], "203.0.113.9"),
+            // A peer that is not a trusted proxy cannot speak for anyone.
+            ("203.0.113.9", &["1.2.3.4"], &proxies, "203.0.113.9"),
+            // Through a trusted proxy: the right-most untrusted hop.
+            ("127.0.0.1", &["198.51.100.7"], &proxies, "198.51.100.7"),
+            (
+                "127.0.0.1",
+                &["6.6.6.6, 198.51.100.7"],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "127.0.0.1",
+                &["6.6.6.6, 198.51.100.7, 10.1.2.3"],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "127.0.0.1",
+                &["6.6.6.6", "198.51.100.7"],
+                &proxies,
+                "198.51.100.7",
+            ),
+            // Only proxies: the left-most.
+            ("127.0.0.1", &["10.9.9.9, 10.1.1.1"], &proxies, "10.9.9.9"),
+            // No header, or garbage: the last trusted hop.
+            ("127.0.0.1", &[], &proxies, "127.0.0.1"),
+            ("127.0.0.1", &["not-an-ip"], &proxies, "127.0.0.1"),
+            (
+                "127.0.0.1",
+                &["6.6.6.6, garbage, 10.1.1.1"],
+                &proxies,
+                "10.1.1.1",
+            ),
+            (
+                "::ffff:127.0.0.1",
+                &["198.51.100.7"],
+                &proxies,
+                "198.51.100.7",
+            ),
+        ];
+        for (peer, xff, trusted, want) in cases {
+            assert_eq!(
+                client_ip(ip(peer), xff, trusted),
+                ip(want),
+                "{peer} {xff:?}"
+            );
+        }
+        assert_eq!(
+            failure_key(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(failure_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(failure_key(ip("192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn failed_authentications_run_out_per_address() {
+        let limiter = FailureLimiter::new(Rate {
+            count: 3,
+            period: Duration::from_secs(60),
+        });
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..10 {
+            // Checking takes nothing.
+            assert_eq!(limiter.check(a), Ok(()));
+        }
+        for _ in 0..3 {
+            assert_eq!(limiter.check(a), Ok(()));
+            limiter.failed(a);
+        }
+        let retry = limiter.check(a).unwrap_err();
+        assert!((1..=20).contains(&retry), "{retry}");
+        assert_eq!(limiter.check(b), Ok(()));
+        // Another address of the same IPv6 /64 shares its bucket.
+        let (v6a, v6b) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::ffff".parse().unwrap(),
+        );
+        for _ in 0..3 {
+            limiter.failed(v6a);
+        }
+        assert!(limiter.check(v6b).is_err());
+        assert_eq!(parse_failure_limit("off"), Ok(None));
+        assert_eq!(parse_failure_limit("5/min").unwrap().unwrap().count, 5);
+        assert!(parse_failure_limit("lots").is_err());
+    }
+
+    #[test]
     fn headers_and_origins() {
         assert!(content_security_policy("/api/health").contains("default-src 'none'"));
         assert!(content_security_policy("/console").contains("default-src 'self'"));

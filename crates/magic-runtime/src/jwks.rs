@@ -327,3 +327,258 @@ pub async fn authenticate(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::testkeys::{self, TestKey};
+    use crate::rbac::Role;
+    use serde_json::json;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    /// A provider on 127.0.0.1: discovery and a key set that the test can rotate or take
+    /// down; it counts the key-set requests it answers.
+    struct Provider {
+        url: String,
+        keys: Arc<Mutex<serde_json::Value>>,
+        up: Arc<std::sync::atomic::AtomicBool>,
+        hits: Arc<AtomicU64>,
+        cache_control: Arc<Mutex<Option<String>>>,
+    }
+
+    async fn provider() -> Provider {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let keys = Arc::new(Mutex::new(json!({"keys": []})));
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let hits = Arc::new(AtomicU64::new(0));
+        let cache_control = Arc::new(Mutex::new(None::<String>));
+        let (k, u, h, cc, issuer) = (
+            keys.clone(),
+            up.clone(),
+            hits.clone(),
+            cache_control.clone(),
+            url.clone(),
+        );
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    let issuer = issuer.clone();
+                    async move {
+                        axum::Json(json!({"issuer": issuer, "jwks_uri": format!("{issuer}/keys")}))
+                    }
+                }),
+            )
+            .route(
+                "/keys",
+                axum::routing::get(move || {
+                    let (k, u, h, cc) = (k.clone(), u.clone(), h.clone(), cc.clone());
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        if !u.load(Ordering::SeqCst) {
+                            return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                        }
+                        let mut r = axum::Json(k.lock().unwrap().clone()).into_response();
+                        if let Some(v) = cc.lock().unwrap().clone() {
+                            r.headers_mut().insert("cache-control", v.parse().unwrap());
+                        }
+                        r
+                    }
+                }),
+            )
+            .route(
+                "/huge",
+                axum::routing::get(|| async { "x".repeat(MAX_DOCUMENT_BYTES + 1) }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Provider {
+            url,
+            keys,
+            up,
+            hits,
+            cache_control,
+        }
+    }
+
+    use axum::response::IntoResponse as _;
+
+    impl Provider {
+        fn publish(&self, keys: &[(&TestKey, &str)]) {
+            let set: Vec<_> = keys.iter().map(|(k, kid)| k.jwk(kid)).collect();
+            *self.keys.lock().unwrap() = json!({ "keys": set });
+        }
+    }
+
+    fn config(issuer: &str) -> JwtConfig {
+        JwtConfig {
+            secret: None,
+            jwks: Some(JwksSource::Issuer(issuer.into())),
+            issuer: Some(issuer.into()),
+            audience: Some("magic".into()),
+            role_claim: "groups".into(),
+            role_map: Some(crate::jwt::RoleMap::parse("ops-team=operator").unwrap()),
+            min_refresh: Duration::from_secs(1),
+        }
+    }
+
+    fn claims(issuer: &str) -> serde_json::Value {
+        json!({"sub": "dana", "groups": ["ops-team"], "iss": issuer, "aud": "magic",
+               "exp": chrono::Utc::now().timestamp() + 600})
+    }
+
+    #[tokio::test]
+    async fn discovery_rotation_flood_and_outage() {
+        let p = provider().await;
+        let (old, new) = (testkeys::rsa(), testkeys::ec());
+        p.publish(&[(&old, "k1")]);
+        let cfg = config(&p.url);
+        assert!(cfg.validate().is_ok());
+        let cache = JwksCache::new(cfg.jwks.clone().unwrap(), cfg.min_refresh).unwrap();
+        let auth = |t: String| {
+            let (cfg, cache) = (&cfg, &cache);
+            async move { authenticate(cfg, Some(cache), &t).await }
+        };
+        let c = claims(&p.url);
+
+        // First use fetches (discovery, then keys).
+        let id = auth(old.sign(Some("k1"), &c)).await.unwrap();
+        assert_eq!(
+            (id.name.as_str(), id.roles.as_slice()),
+            ("jwt:dana", &[Role::Operator][..])
+        );
+        assert_eq!(p.hits.load(Ordering::SeqCst), 1);
+        // Cached: no fetch.
+        auth(old.sign(Some("k1"), &c)).await.unwrap();
+        assert_eq!(p.hits.load(Ordering::SeqCst), 1);
+
+        // Rotation: a token with the new kid makes one refresh (once the minimum interval
+        // has passed), which finds it.
+        p.publish(&[(&old, "k1"), (&new, "k2")]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let id = auth(new.sign(Some("k2"), &c)).await.unwrap();
+        assert_eq!(id.roles, vec![Role::Operator]);
+        assert_eq!(p.hits.load(Ordering::SeqCst), 2);
+
+        // A flood of random kids: at most one fetch per interval, whatever the count.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let before = p.hits.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let flood = (0..200).map(|i| {
+            let t = old.sign(Some(&format!("random-{i}")), &c);
+            let (cfg, cache) = (&cfg, &cache);
+            async move { authenticate(cfg, Some(cache), &t).await }
+        });
+        let results = futures::future::join_all(flood).await;
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Err(JwtError::Invalid(_)))));
+        let fetched = p.hits.load(Ordering::SeqCst) - before;
+        let allowed = 1 + started.elapsed().as_secs();
+        assert!(
+            fetched >= 1 && fetched <= allowed,
+            "{fetched} fetches for 200 unknown kids"
+        );
+
+        // The provider goes down: cached keys keep working, unknown kids are refused.
+        p.up.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(cache.refresh(true).await.is_err());
+        assert_eq!(cache.key_count(), 2);
+        auth(old.sign(Some("k1"), &c)).await.unwrap();
+        auth(new.sign(Some("k2"), &c)).await.unwrap();
+        assert!(matches!(
+            auth(old.sign(Some("k3"), &c)).await,
+            Err(JwtError::Invalid(_))
+        ));
+
+        // Back up: the periodic refresh drops a key the provider no longer publishes.
+        p.up.store(true, Ordering::SeqCst);
+        p.publish(&[(&new, "k2")]);
+        cache.refresh(true).await.unwrap();
+        assert!(auth(old.sign(Some("k1"), &c)).await.is_err());
+        auth(new.sign(Some("k2"), &c)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn no_keys_at_all_is_unavailable_not_a_panic() {
+        let p = provider().await;
+        p.up.store(false, Ordering::SeqCst);
+        let cfg = config(&p.url);
+        let cache = JwksCache::new(cfg.jwks.clone().unwrap(), cfg.min_refresh).unwrap();
+        let t = testkeys::ec().sign(Some("k"), &claims(&p.url));
+        assert_eq!(
+            authenticate(&cfg, Some(&cache), &t).await,
+            Err(JwtError::KeysUnavailable)
+        );
+        // Nothing listens here.
+        let gone = JwksCache::new(
+            JwksSource::Url("http://127.0.0.1:9/keys".into()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            authenticate(&cfg, Some(&gone), &t).await,
+            Err(JwtError::KeysUnavailable)
+        );
+        // Without a JWKS, an RS256/ES256 token is simply refused.
+        assert!(matches!(
+            authenticate(&cfg, None, &t).await,
+            Err(JwtError::Invalid(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn bad_documents_are_refused() {
+        let p = provider().await;
+        // A discovery document naming another issuer.
+        let wrong = JwksCache::new(
+            JwksSource::Issuer(format!("{}/", p.url)),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let e = wrong.refresh(true).await.unwrap_err().to_string();
+        assert!(e.contains("names issuer"), "{e}");
+        // Too large.
+        let huge = JwksCache::new(
+            JwksSource::Url(format!("{}/huge", p.url)),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let e = huge.refresh(true).await.unwrap_err().to_string();
+        assert!(e.contains("larger than"), "{e}");
+        // A set with no usable key.
+        *p.keys.lock().unwrap() = json!({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]});
+        let direct = JwksCache::new(
+            JwksSource::Url(format!("{}/keys", p.url)),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(direct.refresh(true).await.is_err());
+        assert_eq!(direct.key_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn cache_control_sets_the_next_refresh() {
+        let p = provider().await;
+        p.publish(&[(&testkeys::ec(), "k")]);
+        *p.cache_control.lock().unwrap() = Some("public, max-age=120".into());
+        let cache = JwksCache::new(
+            JwksSource::Url(format!("{}/keys", p.url)),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        cache.refresh(true).await.unwrap();
+        let left = cache
+            .fresh_until
+            .read()
+            .unwrap()
+            .unwrap()
+            .saturating_duration_since(Instant::now());
+        assert!(
+            left > Duration::from_secs(100) && left <= Duration::from_secs(120),
+            "{left:?}"
+        );
+    }
+}
