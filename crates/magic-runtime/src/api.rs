@@ -490,7 +490,7 @@ pub struct ExecuteMetrics {
         (status = 403, description = "E4002 not permitted (role or key scope); E2xxx capability denial escaped the controller", body = crate::error::Envelope),
         (status = 404, description = "E1001", body = crate::error::Envelope),
         (status = 413, description = "body too large", body = crate::error::Envelope),
-        (status = 429, description = "E3004 concurrency; E4003 request-rate limit of the identity (Retry-After)", body = crate::error::Envelope),
+        (status = 429, description = "E3004 concurrency; E4003 request-rate limit of the identity, or too many failed authentications from the address (Retry-After)", body = crate::error::Envelope),
         (status = 500, description = "E5001", body = crate::error::Envelope),
         (status = 502, description = "E1003", body = crate::error::Envelope),
         (status = 503, description = "E5002/E5003", body = crate::error::Envelope),
