@@ -1243,7 +1243,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     config.broker = magic_runtime::config::broker_config_from_env(&config)?;
     config.audit = magic_audit::AuditConfig::from_env(&config.data_dir)?;
     config.allow_degraded_isolation = args.allow_degraded_isolation;
-    config.jwt = magic_runtime::config::jwt_config_from_env();
+    config.jwt = magic_runtime::config::jwt_config_from_env()?;
     if args.require_approval {
         config.approvals = magic_runtime::approvals::ApprovalMode::Widening;
     }
@@ -1261,6 +1261,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             magic_runtime::hardening::RateLimit::parse(&limit)
                 .map_err(|e| anyhow!("MAGIC_RATE_LIMIT: {e}"))?,
         );
+    }
+    if let Some(limit) = env("MAGIC_AUTH_FAILURE_LIMIT") {
+        config.auth_failure_limit = magic_runtime::hardening::parse_failure_limit(&limit)
+            .map_err(|e| anyhow!("MAGIC_AUTH_FAILURE_LIMIT: {e}"))?;
+    }
+    if let Some(proxies) = env("MAGIC_TRUSTED_PROXIES") {
+        config.trusted_proxies = magic_runtime::config::parse_trusted_proxies(&proxies)?;
     }
     match (env("MAGIC_TLS_CERT"), env("MAGIC_TLS_KEY")) {
         (Some(cert), Some(key)) => {

@@ -501,6 +501,32 @@ fn csrf_of(page: &str) -> String {
         .to_string()
 }
 
+/// Sign in over plain HTTP the way a browser does: load the login page (its CSRF cookie and
+/// hidden field), then post the form with both.
+async fn sign_in(http: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    let page = http
+        .get(format!("{base}/console/login"))
+        .send()
+        .await
+        .expect("login page");
+    let cookie = page.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_string();
+    let csrf = csrf_of(&page.text().await.expect("page"));
+    let mut form = form.to_vec();
+    form.push(("csrf", &csrf));
+    http.post(format!("{base}/console/login"))
+        .header("cookie", cookie)
+        .form(&form)
+        .send()
+        .await
+        .expect("login")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_security_rules() {
     let server = Server::start(&[("CONTROLLER_EXECUTION_MODE", "inline")]);
@@ -528,12 +554,12 @@ async fn console_security_rules() {
         assert!(r.status().is_redirection(), "{p}: {}", r.status());
         assert!(loc.starts_with("/console/"), "{p}: {loc}");
     }
-    let r = http
-        .post(url("/console/login"))
-        .form(&[("credential", ADMIN_KEY), ("next", "//evil.example/")])
-        .send()
-        .await
-        .expect("login");
+    let r = sign_in(
+        &http,
+        &server.url,
+        &[("credential", ADMIN_KEY), ("next", "//evil.example/")],
+    )
+    .await;
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/console/controllers");
     let set_cookie = r.headers()["set-cookie"]
@@ -673,12 +699,7 @@ async fn console_security_rules() {
     assert_eq!(active_version(&server).await, "1.1.0");
 
     // Revoking the key a session was opened with ends the session.
-    let r = http
-        .post(url("/console/login"))
-        .form(&[("credential", operator.as_str())])
-        .send()
-        .await
-        .expect("login");
+    let r = sign_in(&http, &server.url, &[("credential", operator.as_str())]).await;
     let op_cookie = r.headers()["set-cookie"]
         .to_str()
         .expect("cookie")

@@ -205,9 +205,16 @@ pub(crate) async fn identify(
         )),
         Credentials::Bearer(token) => match &rt.config.jwt {
             None => Err(refuse(
-                "bearer tokens are not enabled on this runtime (JWT_SECRET)".into(),
+                "bearer tokens are not enabled on this runtime (JWT_SECRET, JWT_JWKS_URL or OIDC_ISSUER)".into(),
             )),
-            Some(jwt) => jwt.authenticate(token).map_err(|e| refuse(e.to_string())),
+            Some(jwt) => crate::jwks::authenticate(jwt, rt.jwks.as_deref(), token)
+                .await
+                .map_err(|e| match e {
+                    crate::jwt::JwtError::KeysUnavailable => {
+                        ApiError::new(ErrorCode::BackendUnavailable, e.to_string())
+                    }
+                    e => refuse(e.to_string()),
+                }),
         },
         Credentials::ApiKey(key) => match rt.keys.authenticate(key).await {
             Ok(Some(identity)) => Ok(identity),
@@ -223,6 +230,67 @@ pub(crate) async fn identify(
     }
 }
 
+/// The address `req` comes from (`None` when the server did not record the peer, e.g. in
+/// in-process tests).
+pub(crate) fn client_addr(
+    rt: &Runtime,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+) -> Option<std::net::IpAddr> {
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    Some(crate::hardening::client_ip(
+        peer,
+        &forwarded,
+        &rt.config.trusted_proxies,
+    ))
+}
+
+/// 429 `E4003` with `Retry-After` when `ip` used up its failed authentications
+/// (`MAGIC_AUTH_FAILURE_LIMIT`).
+pub(crate) fn failure_gate(rt: &Runtime, ip: Option<std::net::IpAddr>) -> Result<(), u64> {
+    match (&rt.auth_failures, ip) {
+        (Some(limiter), Some(ip)) => limiter.check(ip),
+        _ => Ok(()),
+    }
+}
+
+/// Count a refused authentication (401 `E4001` only: an unavailable store is no guess).
+pub(crate) fn count_failure(rt: &Runtime, ip: Option<std::net::IpAddr>, error: &ApiError) {
+    if let (Some(limiter), Some(ip), ErrorCode::NotAuthenticated) =
+        (&rt.auth_failures, ip, error.code)
+    {
+        limiter.failed(ip);
+        tracing::info!(event = "auth_failed", client = %ip, "authentication failed");
+    }
+}
+
+/// The 429 answer to an address over its failed-authentication limit.
+pub(crate) fn too_many_failures(retry_after: u64) -> ApiError {
+    ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "too many failed authentications from this address (MAGIC_AUTH_FAILURE_LIMIT); retry after {retry_after}s"
+        ),
+    )
+    .with_details(serde_json::json!({ "retry_after_seconds": retry_after }))
+}
+
+/// `response` with `Retry-After: retry_after`.
+pub(crate) fn with_retry_after(mut response: Response, retry_after: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        response.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    response
+}
+
 async fn authenticate(
     State(rt): State<Arc<Runtime>>,
     Extension(rid): Extension<RequestId>,
@@ -230,9 +298,24 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     let peer = req.extensions().get::<crate::tls::PeerNames>().cloned();
-    let identity = match identify(&rt, credentials(req.headers()), peer.as_ref()).await {
+    let presented = credentials(req.headers());
+    // Brute force: only requests presenting a credential are judged (none at all is no guess).
+    let ip = match presented {
+        Credentials::None => None,
+        _ => client_addr(&rt, req.headers(), req.extensions()),
+    };
+    if let Err(retry_after) = failure_gate(&rt, ip) {
+        return with_retry_after(
+            too_many_failures(retry_after).into_envelope(&rid.0),
+            retry_after,
+        );
+    }
+    let identity = match identify(&rt, presented, peer.as_ref()).await {
         Ok(identity) => identity,
-        Err(e) => return e.into_envelope(&rid.0),
+        Err(e) => {
+            count_failure(&rt, ip, &e);
+            return e.into_envelope(&rid.0);
+        }
     };
     if let Some(limiter) = &rt.limiter {
         if let Err(retry_after) = limiter.check(&identity.name, &identity.roles).await {
@@ -407,7 +490,7 @@ pub struct ExecuteMetrics {
         (status = 403, description = "E4002 not permitted (role or key scope); E2xxx capability denial escaped the controller", body = crate::error::Envelope),
         (status = 404, description = "E1001", body = crate::error::Envelope),
         (status = 413, description = "body too large", body = crate::error::Envelope),
-        (status = 429, description = "E3004 concurrency; E4003 request-rate limit of the identity (Retry-After)", body = crate::error::Envelope),
+        (status = 429, description = "E3004 concurrency; E4003 request-rate limit of the identity, or too many failed authentications from the address (Retry-After)", body = crate::error::Envelope),
         (status = 500, description = "E5001", body = crate::error::Envelope),
         (status = 502, description = "E1003", body = crate::error::Envelope),
         (status = 503, description = "E5002/E5003", body = crate::error::Envelope),

@@ -95,8 +95,9 @@ pub struct ServeConfig {
     /// `MAGIC_ALLOW_DEGRADED_ISOLATION=1`: start process mode even where an isolation layer is
     /// missing (rlimits instead of cgroups; inline without namespaces), with a loud warning.
     pub allow_degraded_isolation: bool,
-    /// `JWT_SECRET` (+ `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_ROLE_CLAIM`): accept HS256 bearer
-    /// tokens; `None` = API keys only.
+    /// `JWT_SECRET` (HS256) and/or `JWT_JWKS_URL`/`OIDC_ISSUER` (RS256/ES256), with
+    /// `JWT_ISSUER`, `JWT_AUDIENCE`, `JWT_ROLE_CLAIM`, `JWT_ROLE_MAP`, `JWT_JWKS_MIN_REFRESH`:
+    /// accept bearer tokens; `None` = API keys (and client certificates) only.
     pub jwt: Option<crate::jwt::JwtConfig>,
     /// When deploys wait for a second person's approval (`MAGIC_REQUIRE_APPROVAL=1` or the
     /// policy file's `approvals.required_for`).
@@ -110,6 +111,12 @@ pub struct ServeConfig {
     pub allowed_origins: Option<Vec<String>>,
     /// `MAGIC_RATE_LIMIT`: requests per identity (in Redis when `REDIS_URL` is set).
     pub rate_limit: Option<crate::hardening::RateLimit>,
+    /// `MAGIC_AUTH_FAILURE_LIMIT`: failed authentications per client address (default
+    /// [`crate::hardening::DEFAULT_AUTH_FAILURE_LIMIT`]; `None`: off).
+    pub auth_failure_limit: Option<crate::hardening::Rate>,
+    /// `MAGIC_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` names the client (default none:
+    /// the header is ignored and the peer address is the client).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The server terminates TLS itself (adds `Strict-Transport-Security`).
     pub tls: bool,
     /// `MAGIC_TLS_CERT`/`MAGIC_TLS_KEY` (+ `MAGIC_TLS_CLIENT_CA`, `MAGIC_MTLS_ROLES`): serve
@@ -143,6 +150,8 @@ impl ServeConfig {
             policy: None,
             allowed_origins: None,
             rate_limit: None,
+            auth_failure_limit: Some(crate::hardening::DEFAULT_AUTH_FAILURE_LIMIT),
+            trusted_proxies: Vec::new(),
             tls: false,
             tls_settings: None,
         }
@@ -165,10 +174,8 @@ impl ServeConfig {
             }
         }
         if let Some(jwt) = &self.jwt {
-            jwt.validate().map_err(|reason| ConfigError::Invalid {
-                setting: "JWT_SECRET",
-                reason,
-            })?;
+            jwt.validate()
+                .map_err(|(setting, reason)| ConfigError::Invalid { setting, reason })?;
         }
         if let Some(names) = &self.controller_allowlist {
             if let Some(bad) = names.iter().find(|n| !magic_contract::is_valid_name(n)) {
@@ -220,17 +227,73 @@ pub fn parse_duration(
         .ok_or_else(bad)
 }
 
-/// The JWT settings from the environment: `None` when `JWT_SECRET` is unset or empty. Used by
-/// the CLI only; [`ServeConfig::validate`] refuses a secret under 256 bits.
-pub fn jwt_config_from_env() -> Option<crate::jwt::JwtConfig> {
+/// The JWT settings from the environment: `None` when none of `JWT_SECRET`, `JWT_JWKS_URL`
+/// and `OIDC_ISSUER` is set. Used by the CLI only; [`ServeConfig::validate`] refuses a secret
+/// under 256 bits, a JWKS without `JWT_AUDIENCE`, and so on.
+pub fn jwt_config_from_env() -> Result<Option<crate::jwt::JwtConfig>, ConfigError> {
+    use crate::jwt::{JwksSource, JwtConfig, RoleMap};
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let secret = var("JWT_SECRET")?;
-    Some(crate::jwt::JwtConfig {
-        secret: secret.into_bytes(),
-        issuer: var("JWT_ISSUER"),
+    let secret = var("JWT_SECRET");
+    let jwks = match (var("JWT_JWKS_URL"), var("OIDC_ISSUER")) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid {
+                setting: "JWT_JWKS_URL",
+                reason: "set JWT_JWKS_URL or OIDC_ISSUER, not both (with OIDC_ISSUER the key \
+                         set is found by discovery)"
+                    .into(),
+            })
+        }
+        (Some(url), None) => Some(JwksSource::Url(url.trim().to_string())),
+        (None, Some(issuer)) => Some(JwksSource::Issuer(issuer.trim().to_string())),
+        (None, None) => None,
+    };
+    if secret.is_none() && jwks.is_none() {
+        return Ok(None);
+    }
+    let issuer = match &jwks {
+        Some(JwksSource::Issuer(i)) => match var("JWT_ISSUER") {
+            // validate() refuses a JWT_ISSUER that differs.
+            Some(other) => Some(other),
+            None => Some(i.clone()),
+        },
+        _ => var("JWT_ISSUER"),
+    };
+    let role_map = match var("JWT_ROLE_MAP") {
+        Some(m) => Some(RoleMap::parse(&m).map_err(|reason| ConfigError::Invalid {
+            setting: "JWT_ROLE_MAP",
+            reason,
+        })?),
+        None => None,
+    };
+    let min_refresh = match var("JWT_JWKS_MIN_REFRESH") {
+        Some(d) => parse_duration("JWT_JWKS_MIN_REFRESH", &d)?,
+        None => crate::jwt::DEFAULT_MIN_REFRESH,
+    };
+    Ok(Some(JwtConfig {
+        secret: secret.map(String::into_bytes),
+        jwks,
+        issuer,
         audience: var("JWT_AUDIENCE"),
         role_claim: var("JWT_ROLE_CLAIM").unwrap_or_else(|| crate::jwt::DEFAULT_ROLE_CLAIM.into()),
-    })
+        role_map,
+        min_refresh,
+    }))
+}
+
+/// `MAGIC_TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges.
+pub fn parse_trusted_proxies(s: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| ConfigError::Invalid {
+                    setting: "MAGIC_TRUSTED_PROXIES",
+                    reason: format!("{p:?} is not an address or CIDR range"),
+                })
+        })
+        .collect()
 }
 
 /// The broker's settings from the environment (`MAGIC_APP_DATABASE_URL`, `MAGIC_MASTER_KEY`,
@@ -296,6 +359,17 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies() {
+        let got = parse_trusted_proxies("127.0.0.1, 10.0.0.0/8,::1,fd00::/8,").unwrap();
+        let shown: Vec<String> = got.iter().map(|n| n.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]);
+        for bad in ["proxy.local", "10.0.0.0/33", "1.2.3"] {
+            assert!(parse_trusted_proxies(bad).is_err(), "{bad}");
+        }
+        assert!(parse_trusted_proxies("").unwrap().is_empty());
+    }
+
+    #[test]
     fn validation_refuses_bad_settings() {
         let base = ServeConfig::new("/tmp/x".into());
         assert!(base.validate().is_ok());
@@ -306,12 +380,7 @@ mod tests {
         c.admin_api_key = Some("short".into());
         assert!(c.validate().is_err());
         let mut c = base.clone();
-        c.jwt = Some(crate::jwt::JwtConfig {
-            secret: b"too-short".to_vec(),
-            issuer: None,
-            audience: None,
-            role_claim: "role".into(),
-        });
+        c.jwt = Some(crate::jwt::JwtConfig::hs256(b"too-short"));
         assert!(c.validate().is_err());
         let mut c = base;
         c.max_body_bytes = 10;

@@ -1,13 +1,19 @@
-//! HTTP hardening: security headers, CORS and the per-identity request-rate limit.
+//! HTTP hardening: security headers, CORS, the per-identity request-rate limit and the
+//! per-address limit on failed authentications.
 //!
 //! Owns: the headers every response carries ([`security_headers`]), the CORS layer built from
 //! `ALLOWED_ORIGINS` (none by default), parsing `MAGIC_RATE_LIMIT` ([`RateLimit::parse`]), and
 //! the limiter itself: a token bucket per identity in process, or a fixed window per identity
-//! in Redis (`REDIS_URL`) so that the limit holds across nodes. Must never: answer a refused
-//! request without the envelope and `Retry-After`, let an unparsable setting start the server,
-//! or fail closed on a Redis outage (the limiter falls back to the in-process bucket, loudly).
+//! in Redis (`REDIS_URL`) so that the limit holds across nodes; which address a request comes
+//! from ([`client_ip`], `X-Forwarded-For` only from `MAGIC_TRUSTED_PROXIES`) and the
+//! brute-force limiter ([`FailureLimiter`], `MAGIC_AUTH_FAILURE_LIMIT`). Must never: answer a
+//! refused request without the envelope and `Retry-After`, let an unparsable setting start the
+//! server, fail closed on a Redis outage (the limiter falls back to the in-process bucket,
+//! loudly), believe `X-Forwarded-For` from a peer that is not a trusted proxy, or count a
+//! successful authentication as a failure.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -244,6 +250,117 @@ async fn redis_window(
     }
 }
 
+/// Default `MAGIC_AUTH_FAILURE_LIMIT`: 30 failed authentications per minute per address (the
+/// burst), refilled evenly.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: Rate = Rate {
+    count: 30,
+    period: Duration::from_secs(60),
+};
+
+/// `MAGIC_AUTH_FAILURE_LIMIT`: a rate (`30/min`) or `off`.
+pub fn parse_failure_limit(s: &str) -> Result<Option<Rate>, String> {
+    match s.trim() {
+        "off" | "0" => Ok(None),
+        other => Rate::parse(other).map(Some),
+    }
+}
+
+/// The address a request comes from: the TCP peer, unless the peer is a trusted proxy
+/// (`MAGIC_TRUSTED_PROXIES`); then the right-most `X-Forwarded-For` entry that is not itself
+/// a trusted proxy (entries further left are whatever the client claimed). An unreadable entry
+/// stops the walk at the last trusted hop. Pure.
+pub fn client_ip(peer: IpAddr, forwarded_for: &[&str], trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(&canonical(*ip)));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = forwarded_for
+        .iter()
+        .flat_map(|h| h.split(','))
+        .map(str::trim)
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.parse::<IpAddr>() else {
+            return client;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            return ip;
+        }
+    }
+    client
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The bucket an address counts against: an IPv4 address itself, an IPv6 address's /64 (one
+/// host usually holds a whole /64). Pure.
+pub fn failure_key(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(seg.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Failed authentications per client address, in process: each failure takes a token; an
+/// address without tokens left is refused (429 `E4003`) before its credentials are even
+/// looked at, so guessing stops; a successful authentication takes nothing.
+pub struct FailureLimiter {
+    rate: Rate,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl FailureLimiter {
+    /// A limiter allowing `rate` failures.
+    pub fn new(rate: Rate) -> FailureLimiter {
+        FailureLimiter {
+            rate,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// May `ip` try to authenticate now? `Err(Retry-After seconds)` when its failures used
+    /// up the limit. Takes nothing.
+    pub fn check(&self, ip: IpAddr) -> Result<(), u64> {
+        let Ok(buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        match buckets.get(&failure_key(ip)) {
+            None => Ok(()),
+            // Peek on a copy: checking takes nothing.
+            Some(b) => take(&mut b.clone(), self.rate, Instant::now()),
+        }
+    }
+
+    /// Count one failed authentication by `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if buckets.len() >= MAX_BUCKETS {
+            let period = self.rate.period;
+            buckets.retain(|_, b| now.saturating_duration_since(b.at) < period);
+        }
+        let bucket = buckets.entry(failure_key(ip)).or_insert(Bucket {
+            tokens: f64::from(self.rate.count),
+            at: now,
+        });
+        let _ = take(bucket, self.rate, now);
+    }
+}
+
 /// The Content-Security-Policy of `path`: the console's pages may load their own scripts and
 /// styles; everything else is data and may load nothing.
 pub fn content_security_policy(path: &str) -> &'static str {
@@ -434,6 +551,102 @@ mod tests {
         }
         assert!(limiter.check("a", &[Role::Admin]).await.is_err());
         assert!(limiter.check("b", &[Role::Admin]).await.is_ok());
+    }
+
+    #[test]
+    fn client_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+        let proxies = [net("10.0.0.0/8"), net("127.0.0.1/32")];
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [ipnet::IpNet], &'a str);
+        let cases: &[Case] = &[
+            // No trusted proxies: the header is ignored.
+            ("203.0.113.9", &["1.2.3.4"], &[], "203.0.113.9"),
+            // A peer that is not a trusted proxy cannot speak for anyone.
+            ("203.0.113.9", &["1.2.3.4"], &proxies, "203.0.113.9"),
+            // Through a trusted proxy: the right-most untrusted hop.
+            ("127.0.0.1", &["198.51.100.7"], &proxies, "198.51.100.7"),
+            (
+                "127.0.0.1",
+                &["6.6.6.6, 198.51.100.7"],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "127.0.0.1",
+                &["6.6.6.6, 198.51.100.7, 10.1.2.3"],
+                &proxies,
+                "198.51.100.7",
+            ),
+            (
+                "127.0.0.1",
+                &["6.6.6.6", "198.51.100.7"],
+                &proxies,
+                "198.51.100.7",
+            ),
+            // Only proxies: the left-most.
+            ("127.0.0.1", &["10.9.9.9, 10.1.1.1"], &proxies, "10.9.9.9"),
+            // No header, or garbage: the last trusted hop.
+            ("127.0.0.1", &[], &proxies, "127.0.0.1"),
+            ("127.0.0.1", &["not-an-ip"], &proxies, "127.0.0.1"),
+            (
+                "127.0.0.1",
+                &["6.6.6.6, garbage, 10.1.1.1"],
+                &proxies,
+                "10.1.1.1",
+            ),
+            (
+                "::ffff:127.0.0.1",
+                &["198.51.100.7"],
+                &proxies,
+                "198.51.100.7",
+            ),
+        ];
+        for (peer, xff, trusted, want) in cases {
+            assert_eq!(
+                client_ip(ip(peer), xff, trusted),
+                ip(want),
+                "{peer} {xff:?}"
+            );
+        }
+        assert_eq!(
+            failure_key(ip("2001:db8:1:2:3:4:5:6")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(failure_key(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
+        assert_eq!(failure_key(ip("192.0.2.1")), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn failed_authentications_run_out_per_address() {
+        let limiter = FailureLimiter::new(Rate {
+            count: 3,
+            period: Duration::from_secs(60),
+        });
+        let (a, b) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..10 {
+            // Checking takes nothing.
+            assert_eq!(limiter.check(a), Ok(()));
+        }
+        for _ in 0..3 {
+            assert_eq!(limiter.check(a), Ok(()));
+            limiter.failed(a);
+        }
+        let retry = limiter.check(a).unwrap_err();
+        assert!((1..=20).contains(&retry), "{retry}");
+        assert_eq!(limiter.check(b), Ok(()));
+        // Another address of the same IPv6 /64 shares its bucket.
+        let (v6a, v6b) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::ffff".parse().unwrap(),
+        );
+        for _ in 0..3 {
+            limiter.failed(v6a);
+        }
+        assert!(limiter.check(v6b).is_err());
+        assert_eq!(parse_failure_limit("off"), Ok(None));
+        assert_eq!(parse_failure_limit("5/min").unwrap().unwrap().count, 5);
+        assert!(parse_failure_limit("lots").is_err());
     }
 
     #[test]

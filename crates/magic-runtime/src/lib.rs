@@ -17,6 +17,7 @@ pub mod console;
 pub mod error;
 pub mod executor;
 pub mod hardening;
+pub mod jwks;
 pub mod jwt;
 pub mod logging;
 pub mod metrics;
@@ -127,6 +128,10 @@ pub struct Runtime {
     pub approvals: approvals::Approvals,
     /// Per-identity request-rate limit (`MAGIC_RATE_LIMIT`).
     pub limiter: Option<hardening::RateLimiter>,
+    /// The OIDC provider's signing keys (`JWT_JWKS_URL` / `OIDC_ISSUER`).
+    pub jwks: Option<Arc<jwks::JwksCache>>,
+    /// Failed authentications per client address (`MAGIC_AUTH_FAILURE_LIMIT`).
+    pub auth_failures: Option<hardening::FailureLimiter>,
     /// Where the bootstrap admin key was written, when it was generated.
     pub admin_key_file: Option<PathBuf>,
     /// This node's name (`MAGIC_NODE_ID`, else `HOSTNAME:PORT`), set once listening; sent as
@@ -222,6 +227,29 @@ impl Runtime {
             ),
             None => None,
         };
+        let jwks = match config
+            .jwt
+            .as_ref()
+            .and_then(|j| j.jwks.clone().map(|s| (s, j.min_refresh)))
+        {
+            Some((source, min_refresh)) => {
+                let cache =
+                    Arc::new(jwks::JwksCache::new(source, min_refresh).map_err(|reason| {
+                        config::ConfigError::Invalid {
+                            setting: "JWT_JWKS_URL",
+                            reason,
+                        }
+                    })?);
+                // Not fatal: bearer requests answer E5003 until the keys can be fetched.
+                let _ = cache.refresh(true).await;
+                cache.spawn_refresher();
+                Some(cache)
+            }
+            None => None,
+        };
+        let auth_failures = config
+            .auth_failure_limit
+            .map(hardening::FailureLimiter::new);
         let runtime_dir = config.data_dir.join("runtime");
         let sdk_dir = runtime_dir.join("sdk");
         install_sdk(&sdk_dir).map_err(StartError::DataDir)?;
@@ -259,6 +287,8 @@ impl Runtime {
             triggers,
             approvals,
             limiter,
+            jwks,
+            auth_failures,
             admin_key_file,
             node_id: std::sync::OnceLock::new(),
         }))
@@ -484,9 +514,12 @@ pub async fn serve(
     > = match tls {
         Some(tls_config) => Box::pin(tls::serve(listener, tls_config, app, shutdown)),
         None => Box::pin(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .into_future(),
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(shutdown)
+            .into_future(),
         ),
     };
     let grace = runtime.config.shutdown_grace;

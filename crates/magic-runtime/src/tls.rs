@@ -193,8 +193,9 @@ pub fn server_config(settings: &TlsSettings) -> Result<rustls::ServerConfig, Str
     Ok(config)
 }
 
-/// Serve `app` over TLS on `listener` until `shutdown` resolves. Each request of a connection
-/// whose client presented a certificate carries its [`PeerNames`] as an extension.
+/// Serve `app` over TLS on `listener` until `shutdown` resolves. Each request carries its
+/// peer address (`ConnectInfo<SocketAddr>`) and, when the client presented a certificate, its
+/// [`PeerNames`] as extensions.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
@@ -244,6 +245,8 @@ pub async fn serve(
                 .map(peer_names);
             let service = app.map_request(move |req: http::Request<hyper::body::Incoming>| {
                 let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 if let Some(n) = &names {
                     req.extensions_mut().insert(n.clone());
                 }

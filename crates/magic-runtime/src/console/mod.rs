@@ -2,8 +2,10 @@
 //! the audit log, approvals and health.
 //!
 //! Owns: console sessions (login with an API key or bearer token, an HttpOnly SameSite=Strict
-//! cookie naming a server-side session, logout), the CSRF token of every state-changing form,
-//! and the pages. Identities and permissions are the API's: a session keeps the credential it
+//! cookie naming a server-side session, logout), the CSRF token of every state-changing form
+//! (the login form's own: a pre-session cookie and a hidden field that must match), and the
+//! pages. Failed sign-ins count against the address's `MAGIC_AUTH_FAILURE_LIMIT`, as the API's
+//! do. Identities and permissions are the API's: a session keeps the credential it
 //! was opened with (in memory only, never in the cookie) and re-authenticates it on every
 //! request through [`crate::api::identify`], so revoking a key or an expired token ends the
 //! session too; every page checks the permission of the matching API route.
@@ -36,6 +38,8 @@ use html::{esc, Chrome};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "magic_console";
+/// Name of the login form's pre-session CSRF cookie.
+pub const LOGIN_COOKIE: &str = "magic_login_csrf";
 /// How long a console session lives (absolute, from login).
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Most sessions kept at once (expired ones are dropped first; beyond it the oldest goes).
@@ -244,6 +248,7 @@ pub fn html_response(status: StatusCode, body: String) -> Response {
 
 async fn authenticate(State(c): State<Console>, mut req: Request, next: Next) -> Response {
     let headers = req.headers();
+    let mut ip = None;
     let (creds, csrf): (Credentials<'_>, Option<String>);
     let session;
     match credentials(headers) {
@@ -270,6 +275,13 @@ async fn authenticate(State(c): State<Console>, mut req: Request, next: Next) ->
             }
         }
         other => {
+            ip = crate::api::client_addr(&c.rt, headers, req.extensions());
+            if let Err(retry_after) = crate::api::failure_gate(&c.rt, ip) {
+                return crate::api::with_retry_after(
+                    crate::api::too_many_failures(retry_after).into_envelope(&request_id(&req)),
+                    retry_after,
+                );
+            }
             creds = other;
             csrf = None;
         }
@@ -285,19 +297,23 @@ async fn authenticate(State(c): State<Console>, mut req: Request, next: Next) ->
                 StatusCode::UNAUTHORIZED,
                 Some(&e.message),
                 safe_next(Some(req.uri().path())),
+                is_https(req.headers()),
             );
         }
         Err(e) => {
-            let rid = req
-                .extensions()
-                .get::<crate::api::RequestId>()
-                .map(|r| r.0.clone())
-                .unwrap_or_default();
-            return e.into_envelope(&rid);
+            crate::api::count_failure(&c.rt, ip, &e);
+            return e.into_envelope(&request_id(&req));
         }
     };
     req.extensions_mut().insert(Viewer { identity, csrf });
     next.run(req).await
+}
+
+fn request_id(req: &Request) -> String {
+    req.extensions()
+        .get::<crate::api::RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default()
 }
 
 /// `Err(403 page)` unless the viewer holds `permission`.
@@ -359,11 +375,21 @@ struct LoginQuery {
     next: Option<String>,
 }
 
-async fn login_page(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Response {
-    login_form(StatusCode::OK, None, safe_next(q.next.as_deref()))
+async fn login_page(
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> Response {
+    login_form(
+        StatusCode::OK,
+        None,
+        safe_next(q.next.as_deref()),
+        is_https(&headers),
+    )
 }
 
-fn login_form(status: StatusCode, error: Option<&str>, next: &str) -> Response {
+/// The sign-in page, with a fresh login CSRF token in a pre-session cookie and in the form.
+fn login_form(status: StatusCode, error: Option<&str>, next: &str, secure: bool) -> Response {
+    let token = random_token();
     let mut body = String::new();
     if let Some(e) = error {
         body.push_str(&html::notice(
@@ -374,6 +400,7 @@ fn login_form(status: StatusCode, error: Option<&str>, next: &str) -> Response {
     body.push_str(&format!(
         "<form method=\"post\" action=\"/console/login\" class=\"login\">\
          <input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
          <p><label for=\"credential\">API key or bearer token</label>\
          <input id=\"credential\" name=\"credential\" type=\"password\" autocomplete=\"off\" required size=\"48\"></p>\
          <p><button type=\"submit\">Sign in</button></p></form>\
@@ -381,7 +408,7 @@ fn login_form(status: StatusCode, error: Option<&str>, next: &str) -> Response {
          what your role may see, exactly as the API does.</p>",
         esc(next)
     ));
-    html_response(
+    let mut r = html_response(
         status,
         html::page(
             &Chrome {
@@ -393,13 +420,33 @@ fn login_form(status: StatusCode, error: Option<&str>, next: &str) -> Response {
             },
             &body,
         ),
-    )
+    );
+    let secure = if secure { "; Secure" } else { "" };
+    let cookie = format!(
+        "{LOGIN_COOKIE}={token}; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+    r
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     credential: String,
     next: Option<String>,
+    csrf: Option<String>,
+}
+
+/// Whether a login form's CSRF field matches its pre-session cookie (double submit): both
+/// present, non-empty and equal. Pure.
+pub fn login_csrf_ok(cookie: Option<&str>, field: Option<&str>) -> bool {
+    match (cookie, field) {
+        (Some(c), Some(f)) => {
+            !c.is_empty() && crate::auth::constant_time_eq(c.as_bytes(), f.as_bytes())
+        }
+        _ => false,
+    }
 }
 
 /// Whether the request came over HTTPS (directly or through a proxy saying so).
@@ -410,8 +457,36 @@ fn is_https(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("https"))
 }
 
-async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+async fn login(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+    Form(f): Form<LoginForm>,
+) -> Response {
     let next = safe_next(f.next.as_deref()).to_string();
+    let https = is_https(&headers);
+    if !login_csrf_ok(cookie(&headers, LOGIN_COOKIE), f.csrf.as_deref()) {
+        return login_form(
+            StatusCode::FORBIDDEN,
+            Some("the sign-in form expired or did not come from this console; try again"),
+            &next,
+            https,
+        );
+    }
+    let ip = crate::api::client_addr(&c.rt, &headers, &extensions);
+    if let Err(retry_after) = crate::api::failure_gate(&c.rt, ip) {
+        return crate::api::with_retry_after(
+            login_form(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "too many failed sign-ins from this address (E4003); retry after {retry_after}s"
+                )),
+                &next,
+                https,
+            ),
+            retry_after,
+        );
+    }
     let credential = f.credential.trim().to_string();
     let jwt_like = c.rt.config.jwt.is_some() && credential.matches('.').count() == 2;
     let (secret, creds) = if jwt_like {
@@ -427,17 +502,21 @@ async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login
     };
     let identity = match crate::api::identify(&c.rt, creds, None).await {
         Ok(i) => i,
-        Err(e) => return login_form(StatusCode::UNAUTHORIZED, Some(&e.message), &next),
+        Err(e) => {
+            crate::api::count_failure(&c.rt, ip, &e);
+            return login_form(e.status(), Some(&e.message), &next, https);
+        }
     };
     let Some((id, _csrf)) = c.sessions.open(secret) else {
         return login_form(
             StatusCode::SERVICE_UNAVAILABLE,
             Some("the session store is unavailable"),
             &next,
+            https,
         );
     };
     tracing::info!(event = "console_login", actor = %identity.name);
-    let secure = if is_https(&headers) { "; Secure" } else { "" };
+    let secure = if https { "; Secure" } else { "" };
     let cookie = format!(
         "{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_TTL.as_secs()
@@ -446,6 +525,13 @@ async fn login(State(c): State<Console>, headers: HeaderMap, Form(f): Form<Login
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
+    // The login token has served its purpose.
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "magic_login_csrf=; Path=/console/login; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
     r
 }
 
@@ -513,6 +599,22 @@ mod tests {
             (Some("tok"), Some("tok"), true),
         ] {
             assert_eq!(csrf_ok(session, presented), ok, "{session:?} {presented:?}");
+        }
+    }
+
+    #[test]
+    fn login_csrf_table() {
+        for (cookie, field, ok) in [
+            (None, None, false),
+            (Some("tok"), None, false),
+            (None, Some("tok"), false),
+            (Some(""), Some(""), false),
+            (Some("tok"), Some(""), false),
+            (Some("tok"), Some("tok2"), false),
+            (Some("tok"), Some("TOK"), false),
+            (Some("tok"), Some("tok"), true),
+        ] {
+            assert_eq!(login_csrf_ok(cookie, field), ok, "{cookie:?} {field:?}");
         }
     }
 
