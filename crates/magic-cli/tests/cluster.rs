@@ -124,6 +124,8 @@ impl Shared {
             ("REDIS_URL", REDIS),
             ("MAGIC_REDIS_PREFIX", self.prefix.as_str()),
             ("MAGIC_NODE_ID", id),
+            // nginx runs on 127.0.0.1: its X-Forwarded-For names the client (as in deploy/).
+            ("MAGIC_TRUSTED_PROXIES", "127.0.0.1"),
         ];
         if let Some((master, signing)) = &keys {
             env.push(("MAGIC_MASTER_KEY_FILE", master));
