@@ -155,8 +155,17 @@ impl AuditChain {
             _ => None,
         };
         let seal_key = key.clone();
+        let local = match &wal {
+            Some(wal) => {
+                let db = wal.to_string_lossy();
+                let db = PathBuf::from(db.strip_suffix("-wal").unwrap_or(&db));
+                Some(Mutex::new(crate::local::LocalSqlite::open(&db)?))
+            }
+            None => None,
+        };
         let writer = Writer {
             store: store.clone(),
+            local,
             durability: config.durability,
             batch_max: config.batch_max.max(1),
             checkpoint_every: config.checkpoint_every.max(1),
@@ -506,8 +515,59 @@ async fn fsync_file(path: PathBuf) -> std::io::Result<()> {
     .map_err(std::io::Error::other)?
 }
 
+/// Run a synchronous commit off the async worker (`block_in_place`: other tasks keep
+/// running while SQLite writes, and while a commit that crosses SQLite's automatic
+/// checkpoint threshold fsyncs); inline on a current-thread runtime (tests).
+fn commit_blocking<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        .unwrap_or(false);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// What chaining a batch after the head needs to know (no I/O: shared by both commit paths).
+struct ChainPlan<'a> {
+    key: &'a SigningKey,
+    last_cp_seq: u64,
+    checkpoint_every: u64,
+    checkpoint_due_by_time: bool,
+}
+
+impl ChainPlan<'_> {
+    /// Records for `events` chained after `head`, a checkpoint of the new head when one is
+    /// due, and the new head's seq.
+    fn chain(
+        &self,
+        head: Option<(u64, String, String)>,
+        events: Vec<AuditEvent>,
+    ) -> Result<(Vec<AuditRecord>, Option<Checkpoint>, u64), AuditError> {
+        let (mut seq, mut prev, head_ts) =
+            head.unwrap_or((0, GENESIS_HASH.to_string(), String::new()));
+        // Timestamps never go backwards along the chain (nodes' clocks may differ).
+        let now = now_timestamp();
+        let ts = if now < head_ts { head_ts } else { now };
+        let mut records = Vec::with_capacity(events.len());
+        for e in events {
+            seq += 1;
+            let r = AuditRecord::from_event(seq, ts.clone(), e, prev);
+            prev = r.hash.clone();
+            records.push(r);
+        }
+        let due = seq.saturating_sub(self.last_cp_seq) >= self.checkpoint_every
+            || self.checkpoint_due_by_time;
+        let cp = due.then(|| Checkpoint::sign(self.key, seq, &prev, ts));
+        Ok((records, cp, seq))
+    }
+}
+
 struct Writer {
     store: Store,
+    /// The writer's own connection to a file SQLite database (`None`: the sqlx pool).
+    local: Option<Mutex<crate::local::LocalSqlite>>,
     durability: Durability,
     batch_max: usize,
     checkpoint_every: u64,
@@ -733,31 +793,27 @@ impl Writer {
         &mut self,
         events: Vec<AuditEvent>,
     ) -> Result<(Vec<AuditRecord>, Option<Checkpoint>), AuditError> {
-        let mut tx = self.begin().await?;
-        let head = db::head(&mut tx).await?;
-        let (mut seq, mut prev, head_ts) =
-            head.unwrap_or((0, GENESIS_HASH.to_string(), String::new()));
-        // Timestamps never go backwards along the chain (nodes' clocks may differ).
-        let now = now_timestamp();
-        let ts = if now < head_ts { head_ts } else { now };
-        let mut records = Vec::with_capacity(events.len());
-        for e in events {
-            seq += 1;
-            let r = AuditRecord::from_event(seq, ts.clone(), e, prev);
-            prev = r.hash.clone();
-            records.push(r);
-        }
-        db::insert_records(&mut tx, self.store.dialect(), &records).await?;
-        let due = seq.saturating_sub(self.last_cp_seq) >= self.checkpoint_every
-            || self.last_cp_at.elapsed() >= self.checkpoint_interval;
-        let cp = if due {
-            let cp = Checkpoint::sign(&self.key, seq, &prev, ts);
-            db::insert_checkpoint(&mut tx, &cp).await?;
-            Some(cp)
-        } else {
-            None
+        let (records, cp, seq) = match &self.local {
+            Some(local) => {
+                let plan = self.plan();
+                // Only the writer uses the connection: the lock is never contended.
+                let mut local = local
+                    .lock()
+                    .map_err(|_| AuditError::Store("audit writer connection poisoned".into()))?;
+                commit_blocking(|| local.append(|head| plan.chain(head, events)))?
+            }
+            None => {
+                let mut tx = self.begin().await?;
+                let head = db::head(&mut tx).await?;
+                let (records, cp, seq) = self.plan().chain(head, events)?;
+                db::insert_records(&mut tx, self.store.dialect(), &records).await?;
+                if let Some(cp) = &cp {
+                    db::insert_checkpoint(&mut tx, cp).await?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                (records, cp, seq)
+            }
         };
-        tx.commit().await.map_err(db_err)?;
         self.head_seen = seq;
         if cp.is_some() {
             self.last_cp_seq = seq;
@@ -765,6 +821,15 @@ impl Writer {
             self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         }
         Ok((records, cp))
+    }
+
+    fn plan(&self) -> ChainPlan<'_> {
+        ChainPlan {
+            key: &self.key,
+            last_cp_seq: self.last_cp_seq,
+            checkpoint_every: self.checkpoint_every,
+            checkpoint_due_by_time: self.last_cp_at.elapsed() >= self.checkpoint_interval,
+        }
     }
 
     /// Sign a checkpoint of the stored head if no checkpoint covers it yet.

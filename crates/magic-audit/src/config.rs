@@ -259,7 +259,9 @@ mod tests {
             assert!(cfg(&[("AUDIT_LOG_ENABLED", on)]).is_ok(), "{on}");
         }
         for off in ["false", "0", "no"] {
-            let err = cfg(&[("AUDIT_LOG_ENABLED", off)]).expect_err(off).to_string();
+            let err = cfg(&[("AUDIT_LOG_ENABLED", off)])
+                .expect_err(off)
+                .to_string();
             assert!(err.contains("cannot be turned off"), "{off}: {err}");
         }
         assert!(cfg(&[("AUDIT_LOG_ENABLED", "maybe")]).is_err());

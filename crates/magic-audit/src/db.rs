@@ -62,9 +62,10 @@ const SEGMENTS_DDL: &str = "CREATE TABLE magic_audit_segments (\
     public_key TEXT NOT NULL, signature TEXT NOT NULL, records BIGINT NOT NULL, \
     archive TEXT);";
 
-const COLUMNS: &str = "seq, ts, event, request_id, controller, version, actor, capability, \
+pub(crate) const COLUMNS: &str =
+    "seq, ts, event, request_id, controller, version, actor, capability, \
                        target, outcome, details, prev_hash, hash";
-const NCOLS: usize = 13;
+pub(crate) const NCOLS: usize = 13;
 /// Largest multi-row INSERT; smaller remainders use power-of-two sizes so only a handful
 /// of statement shapes exist (each is prepared once per connection).
 const MAX_ROWS_PER_INSERT: usize = 256;

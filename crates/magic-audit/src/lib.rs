@@ -39,6 +39,7 @@ pub mod chain;
 pub mod checkpoint;
 pub mod config;
 mod db;
+mod local;
 pub mod read;
 pub mod record;
 pub mod retention;

@@ -90,6 +90,47 @@ async fn concurrent_appenders_give_one_gap_free_chain() {
     chain.shutdown().await.expect("shutdown");
 }
 
+/// Two writers on one SQLite file (as two processes would be): each reads the head inside
+/// its own transaction, so their records interleave into one chain without a gap or a fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_sqlite_file_share_one_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = AuditChain::open(sqlite(dir.path()).await, config(dir.path()))
+        .await
+        .expect("opens a");
+    let b = AuditChain::open(sqlite(dir.path()).await, config(dir.path()))
+        .await
+        .expect("opens b");
+    let mut tasks = Vec::new();
+    for (w, chain) in [(0_u64, a.clone()), (1, b.clone())] {
+        for t in 0..8_u64 {
+            let c = chain.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..50 {
+                    let e = event(w * 100_000 + t * 1000 + i);
+                    seqs.push(c.append_event(e).await.expect("append").seq);
+                }
+                seqs
+            }));
+        }
+    }
+    let mut all = BTreeSet::new();
+    for t in tasks {
+        for s in t.await.expect("task") {
+            assert!(all.insert(s), "seq {s} given twice");
+        }
+    }
+    assert_eq!(all.len(), 800);
+    assert_eq!(all.iter().next_back(), Some(&800));
+    assert!(a.stats().appended > 0 && b.stats().appended > 0);
+    let report = b.verify().await.expect("verify");
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.records_checked, 800);
+    a.shutdown().await.expect("shutdown a");
+    b.shutdown().await.expect("shutdown b");
+}
+
 #[tokio::test]
 async fn a_full_queue_makes_appends_wait_not_drop() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -479,6 +520,54 @@ async fn sync_mode_fsyncs_before_answering() {
     );
     assert!(chain.describe().contains("durability=sync"));
     assert!(chain.verify().await.expect("verify").is_ok());
+}
+
+/// Under continuous appends the WAL is still checkpointed and restarted (SQLite's automatic
+/// checkpoint on the writer's connection), in both durability modes, so it stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_is_checkpointed_and_stays_bounded() {
+    for durability in [Durability::Group, Durability::Sync] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = config(dir.path());
+        cfg.durability = durability;
+        cfg.fsync_interval = std::time::Duration::from_millis(1);
+        let chain = AuditChain::open(sqlite(dir.path()).await, cfg)
+            .await
+            .expect("opens");
+        let wal = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(".db-wal"))
+            .expect("the store's WAL file");
+        let padding = "x".repeat(2048);
+        let mut biggest = 0;
+        // About 8 MiB of records (an unbounded WAL would pass 30 MiB), 16 appends at a time.
+        for round in 0..250_u64 {
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let c = chain.clone();
+                    let mut e = event(round * 16 + i);
+                    e.details = serde_json::json!({ "pad": padding });
+                    tokio::spawn(async move { c.append_event(e).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task").expect("append");
+            }
+            biggest = biggest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        }
+        assert!(
+            biggest < 16 << 20,
+            "{durability:?}: the WAL grew to {biggest} bytes for ~8 MiB of records"
+        );
+        let report = chain.verify().await.expect("verify");
+        assert!(
+            report.is_ok() && report.records_checked == 4_000,
+            "{report:?}"
+        );
+        chain.shutdown().await.expect("shutdown");
+    }
 }
 
 #[tokio::test]

@@ -307,6 +307,10 @@ impl Drop for Engine {
     }
 }
 
+/// Bytes of each pooled memory, table and stack slot kept resident (zeroed with memset)
+/// when an instance is dropped.
+const KEEP_RESIDENT: usize = 256 << 10;
+
 fn build_engine(config: &EngineConfig, pooling: bool) -> Result<wasmtime::Engine, WasmError> {
     let mut c = wasmtime::Config::new();
     c.wasm_component_model(true)
@@ -319,7 +323,13 @@ fn build_engine(config: &EngineConfig, pooling: bool) -> Result<wasmtime::Engine
             .total_core_instances(n)
             .total_memories(n)
             .total_tables(n)
-            .total_stacks(n);
+            .total_stacks(n)
+            // A freed slot's first pages are zeroed in place rather than returned with
+            // madvise: no page faults on the next instance and no TLB-shootdown IPIs across
+            // cores on every drop (measured: madvise was ~5% of a loaded server's CPU).
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .async_stack_keep_resident(KEEP_RESIDENT);
         c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     wasmtime::Engine::new(&c).map_err(|e| WasmError::Internal(format!("{e:#}")))
