@@ -82,6 +82,11 @@ struct Counters {
 #[allow(clippy::large_enum_variant)]
 enum Cmd {
     Append(AuditEvent, oneshot::Sender<Result<Receipt, AuditError>>),
+    /// Several events, committed in one transaction, answered with the last receipt.
+    AppendAll(
+        Vec<AuditEvent>,
+        oneshot::Sender<Result<Receipt, AuditError>>,
+    ),
     Checkpoint(oneshot::Sender<Result<Option<Checkpoint>, AuditError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -241,6 +246,24 @@ impl AuditChain {
         answer.await.map_err(|_| AuditError::Closed)?
     }
 
+    /// Append `events` in order in one commit; returns the last record's receipt once all are
+    /// committed. Errors as [`Self::append_event`]; an empty list is refused as a misuse.
+    pub async fn append_events(&self, events: Vec<AuditEvent>) -> Result<Receipt, AuditError> {
+        if events.is_empty() {
+            return Err(AuditError::Store("no events to append".into()));
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(AuditError::Closed);
+        }
+        let (ack, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Cmd::AppendAll(events, ack))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        answer.await.map_err(|_| AuditError::Closed)?
+    }
+
     /// Sign a checkpoint of the current head now (if it is not covered yet) and return it.
     pub async fn checkpoint_now(&self) -> Result<Option<Checkpoint>, AuditError> {
         let (ack, answer) = oneshot::channel();
@@ -380,6 +403,10 @@ impl AuditChain {
 impl AuditSink for AuditChain {
     async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
         self.append_event(event).await.map(drop)
+    }
+
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        self.append_events(events).await.map(drop)
     }
 }
 
@@ -590,6 +617,20 @@ enum Flow {
     Stop,
 }
 
+impl Cmd {
+    /// Records this command appends.
+    fn appends(&self) -> usize {
+        match self {
+            Cmd::Append(..) => 1,
+            Cmd::AppendAll(es, _) => es.len(),
+            Cmd::Checkpoint(_) | Cmd::Shutdown(_) => 0,
+        }
+    }
+}
+
+/// An append's answer channel and how many of the batch's records are its own.
+type Ack = (usize, oneshot::Sender<Result<Receipt, AuditError>>);
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         loop {
@@ -613,11 +654,11 @@ impl Writer {
                 return;
             };
             let mut cmds = vec![first];
-            let mut appends = usize::from(matches!(cmds[0], Cmd::Append(..)));
+            let mut appends = cmds[0].appends();
             while appends < self.batch_max {
                 match rx.try_recv() {
                     Ok(cmd) => {
-                        appends += usize::from(matches!(cmd, Cmd::Append(..)));
+                        appends += cmd.appends();
                         cmds.push(cmd);
                     }
                     Err(_) => break,
@@ -643,7 +684,11 @@ impl Writer {
             match cmd {
                 Cmd::Append(e, ack) => {
                     events.push(e);
-                    acks.push(ack);
+                    acks.push((1, ack));
+                }
+                Cmd::AppendAll(es, ack) => {
+                    acks.push((es.len(), ack));
+                    events.extend(es);
                 }
                 Cmd::Checkpoint(ack) => {
                     if let Flow::Stop = self.commit_and_answer(&mut events, &mut acks).await {
@@ -681,7 +726,7 @@ impl Writer {
     async fn commit_and_answer(
         &mut self,
         events: &mut Vec<AuditEvent>,
-        acks: &mut Vec<oneshot::Sender<Result<Receipt, AuditError>>>,
+        acks: &mut Vec<Ack>,
     ) -> Flow {
         if events.is_empty() {
             return Flow::Continue;
@@ -697,7 +742,7 @@ impl Writer {
                     // A failed fsync cannot be retried meaningfully (the kernel may have
                     // dropped the dirty pages): stop the log rather than pretend.
                     tracing::error!(error = %e, "audit: fsync failed; closing the audit log");
-                    for ack in acks {
+                    for (_, ack) in acks {
                         let _ = ack.send(Err(AuditError::Store(format!("fsync failed: {e}"))));
                     }
                     self.counters.failed.fetch_add(n, Ordering::Relaxed);
@@ -711,7 +756,7 @@ impl Writer {
                 tracing::error!(error = %e, records = n, "audit commit failed");
                 self.counters.failed.fetch_add(n, Ordering::Relaxed);
                 let msg = e.to_string();
-                for ack in acks {
+                for (_, ack) in acks {
                     let _ = ack.send(Err(AuditError::Store(msg.clone())));
                 }
                 Flow::Continue
@@ -721,11 +766,16 @@ impl Writer {
                     .appended
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
                 self.counters.batches.fetch_add(1, Ordering::Relaxed);
-                for (ack, r) in acks.into_iter().zip(&records) {
-                    let _ = ack.send(Ok(Receipt {
-                        seq: r.seq,
-                        hash: r.hash.clone(),
-                    }));
+                // Each append is answered with its last record's receipt.
+                let mut end = 0;
+                for (n, ack) in acks {
+                    end += n;
+                    if let Some(r) = records.get(end.saturating_sub(1)) {
+                        let _ = ack.send(Ok(Receipt {
+                            seq: r.seq,
+                            hash: r.hash.clone(),
+                        }));
+                    }
                 }
                 if self.live.receiver_count() > 0 {
                     for r in &records {

@@ -114,6 +114,15 @@ pub enum AuditError {
 pub trait AuditSink: Send + Sync + 'static {
     /// Append one event.
     async fn append(&self, event: AuditEvent) -> Result<(), AuditError>;
+
+    /// Append `events` in order, as one commit where the sink can (the default appends them
+    /// one by one). Either all are stored or the error says the batch failed.
+    async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+        for e in events {
+            self.append(e).await?;
+        }
+        Ok(())
+    }
 }
 
 /// An in-memory sink that keeps every event (tests and tools).

@@ -90,6 +90,51 @@ async fn concurrent_appenders_give_one_gap_free_chain() {
     chain.shutdown().await.expect("shutdown");
 }
 
+/// `append_events` stores its events next to each other, in order, in one commit, even
+/// while other appenders run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_events_append_together_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let chain = AuditChain::open(sqlite(dir.path()).await, config(dir.path()))
+        .await
+        .expect("opens");
+    let noise: Vec<_> = (0..8_u64)
+        .map(|t| {
+            let c = chain.clone();
+            tokio::spawn(async move { append_n(&c, 10_000 * (t + 1), 50).await })
+        })
+        .collect();
+    let mut receipts = Vec::new();
+    for i in 0..20_u64 {
+        let r = chain
+            .append_events(vec![event(3 * i), event(3 * i + 1), event(3 * i + 2)])
+            .await
+            .expect("append_events");
+        receipts.push(r);
+    }
+    for t in noise {
+        t.await.expect("task");
+    }
+    let records: Vec<AuditRecord> = chain
+        .read(ReadRange::all())
+        .try_collect()
+        .await
+        .expect("read");
+    for (i, r) in receipts.iter().enumerate() {
+        let at = usize::try_from(r.seq).expect("seq") - 1;
+        let ids: Vec<_> = records[at - 2..=at]
+            .iter()
+            .map(|r| r.request_id.clone().unwrap_or_default())
+            .collect();
+        let want: Vec<_> = (0..3).map(|k| format!("req-{}", 3 * i + k)).collect();
+        assert_eq!(ids, want, "the three events are adjacent and in order");
+        assert_eq!(records[at].hash, r.hash);
+    }
+    assert!(chain.append_events(vec![]).await.is_err());
+    assert!(chain.verify().await.expect("verify").is_ok());
+    chain.shutdown().await.expect("shutdown");
+}
+
 /// Two writers on one SQLite file (as two processes would be): each reads the head inside
 /// its own transaction, so their records interleave into one chain without a gap or a fork.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,7 @@ async fn run(
         deadline: Instant::now() + Duration::from_secs(3600),
         temp_dir: None,
         traceparent: None,
+        start: None,
     };
     let sql = if pg {
         format!(

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use magic_audit::{AuditEvent, AuditSink};
+use magic_audit::{AuditError, AuditEvent, AuditSink};
 use magic_contract::{Contract, ErrorCode};
 use magic_store::Store;
 
@@ -52,6 +52,85 @@ pub struct ExecutionContext {
     pub temp_dir: Option<PathBuf>,
     /// W3C `traceparent` to propagate on egress (the execution's span in the caller's trace).
     pub traceparent: Option<String>,
+    /// The execution's `execution_start` record, written before its first capability call
+    /// (`None`: written already, or no such record — tools and tests).
+    pub start: Option<Arc<ExecutionStart>>,
+}
+
+/// An execution's `execution_start` audit record, written lazily: before the execution's
+/// first capability call, so every effect outside the sandbox follows it in the chain, or —
+/// when the execution made no call — in one commit together with its final record, before
+/// the caller gets any answer. A crash in between loses only the trace of a computation that
+/// touched nothing outside its sandbox; it saves an execution one commit of two.
+pub struct ExecutionStart {
+    sink: Arc<dyn AuditSink>,
+    event: std::sync::Mutex<Option<AuditEvent>>,
+    written: tokio::sync::OnceCell<Result<(), String>>,
+}
+
+impl std::fmt::Debug for ExecutionStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionStart")
+            .field("written", &self.written.get())
+            .finish()
+    }
+}
+
+impl ExecutionStart {
+    /// The start record `event`, to be written to `sink`.
+    pub fn new(sink: Arc<dyn AuditSink>, event: AuditEvent) -> ExecutionStart {
+        ExecutionStart {
+            sink,
+            event: std::sync::Mutex::new(Some(event)),
+            written: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn take(&self) -> Result<AuditEvent, String> {
+        self.event
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .ok_or_else(|| "the execution_start record was taken twice".to_string())
+    }
+
+    /// Write the start record now unless it is written; an error (now or from the first
+    /// attempt) means it is not in the chain and nothing may follow it.
+    pub async fn ensure(&self) -> Result<(), AuditError> {
+        self.written
+            .get_or_init(|| async {
+                let event = self.take()?;
+                self.sink.append(event).await.map_err(|e| e.to_string())
+            })
+            .await
+            .clone()
+            .map_err(AuditError::Store)
+    }
+
+    /// Write `end`, the execution's last record: together with the start record in one
+    /// commit when that is not written yet, after it otherwise.
+    pub async fn finish(&self, end: AuditEvent) -> Result<(), AuditError> {
+        let mut end = Some(end);
+        let slot = &mut end;
+        self.written
+            .get_or_init(|| async move {
+                let start = self.take()?;
+                let Some(end) = slot.take() else {
+                    return Err("no final record".to_string());
+                };
+                self.sink
+                    .append_all(vec![start, end])
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .clone()
+            .map_err(AuditError::Store)?;
+        match end {
+            Some(end) => self.sink.append(end).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// One capability call as it arrives from the worker (`docs/protocol.md`, `call` frame).
@@ -278,6 +357,21 @@ impl CapabilityBroker {
             op,
             args,
         } = call;
+        if let Some(start) = &ctx.start {
+            if let Err(e) = start.ensure().await {
+                tracing::error!(
+                    error = %e,
+                    request_id = %ctx.request_id,
+                    controller = %ctx.controller,
+                    "error.type" = "audit_unavailable",
+                    "capability call refused: the execution's start record could not be written"
+                );
+                return BrokerReply {
+                    capability: None,
+                    result: Err(BrokerError::unavailable("the audit log")),
+                };
+            }
+        }
         let sink = &*self.audit;
         match capability.as_str() {
             "db" => capability::run(&self.db, sink, ctx, &op, args).await,
@@ -411,5 +505,99 @@ impl CapabilityBroker {
             .await
             .map_err(|e| AdminError::Audit(e.to_string()))?;
         result
+    }
+}
+
+#[cfg(test)]
+mod execution_start_tests {
+    use super::*;
+    use magic_audit::MemoryAuditSink;
+
+    fn ev(name: &str) -> AuditEvent {
+        AuditEvent {
+            event: name.into(),
+            ..AuditEvent::default()
+        }
+    }
+
+    fn names(sink: &MemoryAuditSink) -> Vec<String> {
+        sink.events().into_iter().map(|e| e.event).collect()
+    }
+
+    /// Counts `append_all` calls; fails every append once `fail` is set.
+    #[derive(Default)]
+    struct Recording {
+        inner: MemoryAuditSink,
+        batches: std::sync::atomic::AtomicUsize,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditSink for Recording {
+        async fn append(&self, event: AuditEvent) -> Result<(), AuditError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(AuditError::Store("down".into()));
+            }
+            self.inner.append(event).await
+        }
+        async fn append_all(&self, events: Vec<AuditEvent>) -> Result<(), AuditError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(AuditError::Store("down".into()));
+            }
+            self.batches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for e in events {
+                self.inner.append(e).await?;
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn without_calls_start_and_end_are_one_batch() {
+        let sink = Arc::new(Recording::default());
+        let start = ExecutionStart::new(sink.clone(), ev("execution_start"));
+        start
+            .finish(ev("execution_complete"))
+            .await
+            .expect("finish");
+        assert_eq!(
+            names(&sink.inner),
+            ["execution_start", "execution_complete"]
+        );
+        assert_eq!(sink.batches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_writes_the_start_first_and_only_once() {
+        let sink = Arc::new(Recording::default());
+        let start = ExecutionStart::new(sink.clone(), ev("execution_start"));
+        start.ensure().await.expect("ensure");
+        start.ensure().await.expect("ensure again");
+        sink.append(ev("capability_use"))
+            .await
+            .expect("call record");
+        start
+            .finish(ev("execution_complete"))
+            .await
+            .expect("finish");
+        assert_eq!(
+            names(&sink.inner),
+            ["execution_start", "capability_use", "execution_complete"]
+        );
+        assert_eq!(sink.batches.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_start_that_failed_refuses_everything_after_it() {
+        let sink = Arc::new(Recording::default());
+        sink.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        let start = ExecutionStart::new(sink.clone(), ev("execution_start"));
+        assert!(start.ensure().await.is_err());
+        // The store is back, but the start record is not in the chain: nothing may follow.
+        sink.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(start.ensure().await.is_err());
+        assert!(start.finish(ev("execution_complete")).await.is_err());
+        assert!(names(&sink.inner).is_empty());
     }
 }

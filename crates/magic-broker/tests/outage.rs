@@ -69,6 +69,7 @@ async fn closed_ports_answer_e5003() {
         deadline: std::time::Instant::now() + Duration::from_secs(30),
         temp_dir: None,
         traceparent: None,
+        start: None,
     };
     let ctx = env_ctx("t");
     let call = |cap: &str, op: &str, args: serde_json::Value| magic_broker::CapabilityCall {
@@ -149,6 +150,7 @@ async fn postgres_and_redis_recover_without_restart() {
         deadline: std::time::Instant::now() + Duration::from_secs(60),
         temp_dir: None,
         traceparent: None,
+        start: None,
     };
     let ctx = env(());
     let run = |cap: &'static str, op: &'static str, args: serde_json::Value| {

@@ -700,11 +700,20 @@ impl Runtime {
         base.details = serde_json::json!({
             "trace_id": trace.trace_id, "span_id": trace.span_id, "parent_span_id": trace.parent_id
         });
-        self.audit(base.clone()).await.map_err(|e| (e, vec![]))?;
-
+        // Written before the first capability call, or with the final record (one commit).
+        let start = Arc::new(magic_broker::ExecutionStart::new(
+            self.audit.clone(),
+            base.clone(),
+        ));
         let outcome = self
             .executor
-            .execute(request_id, deployed, &input, Some(&trace.traceparent()))
+            .execute(
+                request_id,
+                deployed,
+                &input,
+                Some(&trace.traceparent()),
+                start.clone(),
+            )
             .await;
         let used = outcome.capabilities_used;
         let result = outcome.result.and_then(|output| {
@@ -740,7 +749,16 @@ impl Runtime {
             }
         }
         end.details["capabilities_used"] = serde_json::json!(used);
-        self.audit(end).await.map_err(|e| (e, used.clone()))?;
+        start.finish(end).await.map_err(|e| {
+            tracing::error!(error = %e, "audit append failed");
+            (
+                ApiError::new(
+                    ErrorCode::BackendUnavailable,
+                    "the audit log is unavailable",
+                ),
+                used.clone(),
+            )
+        })?;
         match result {
             Ok(output) => Ok((output, used)),
             Err(e) => Err((e, used)),

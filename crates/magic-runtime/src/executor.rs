@@ -256,6 +256,7 @@ impl Executor {
         version: &Arc<DeployedVersion>,
         input: &serde_json::Value,
         traceparent: Option<&str>,
+        start: Arc<magic_broker::ExecutionStart>,
     ) -> ExecutionOutcome {
         let timeout = version.contract.resources.timeout;
         let started = Instant::now();
@@ -272,6 +273,7 @@ impl Executor {
                 deadline,
                 temp_dir: None,
                 traceparent: traceparent.map(str::to_string),
+                start: Some(start),
             };
             return wasm
                 .execute(&self.broker, &self.metrics, ctx, version, input)
@@ -286,7 +288,7 @@ impl Executor {
                 .map(|_| Path::new(magic_sandbox::zygote::TEMP_MOUNT));
             let outcome = self
                 .run(
-                    (request_id, traceparent),
+                    (request_id, traceparent, start),
                     version,
                     input,
                     deadline,
@@ -318,7 +320,7 @@ impl Executor {
         };
         let mut outcome = self
             .run(
-                (request_id, traceparent),
+                (request_id, traceparent, start),
                 version,
                 input,
                 deadline,
@@ -343,7 +345,7 @@ impl Executor {
 
     async fn run(
         &self,
-        (request_id, traceparent): (&str, Option<&str>),
+        (request_id, traceparent, start): (&str, Option<&str>, Arc<magic_broker::ExecutionStart>),
         version: &Arc<DeployedVersion>,
         input: &serde_json::Value,
         deadline: Instant,
@@ -400,6 +402,7 @@ impl Executor {
             deadline,
             temp_dir: temp_dir.map(Path::to_path_buf),
             traceparent: traceparent.map(str::to_string),
+            start: Some(start),
         });
         let version_str = version.version.to_string();
         let execute = ToWorker::Execute {

@@ -482,6 +482,7 @@ mod pg_role_tests {
             deadline: std::time::Instant::now() + std::time::Duration::from_secs(30),
             temp_dir: None,
             traceparent: None,
+            start: None,
         }
     }
 

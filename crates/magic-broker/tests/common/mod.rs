@@ -115,6 +115,7 @@ impl Env {
             deadline: Instant::now() + Duration::from_secs(30),
             temp_dir: None,
             traceparent: None,
+            start: None,
         }
     }
 
