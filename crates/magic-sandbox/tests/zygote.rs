@@ -29,6 +29,7 @@ fn sandbox(work: &std::path::Path) -> Option<std::sync::Arc<Sandbox>> {
             sdk_dir: repo().join("sdk/python"),
             work_dir: work.to_path_buf(),
             allow_without_cgroups: false,
+            id_base: None,
         })
         .expect("sandbox"),
     )
