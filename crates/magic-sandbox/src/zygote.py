@@ -73,7 +73,18 @@ def _die(step):
         os._exit(4)
 
 
-def _child(fd):
+def _child(fd, attach):
+    # First, while this process is still single-threaded and before anything else runs: move
+    # into this execution's cgroup slot by writing "0" (this thread) to each v1 `tasks` file
+    # the runtime opened and sent (cheap for the kernel; the runtime checks that it happened
+    # and otherwise moves this process itself before letting it go on). The descriptors are
+    # closed right away: no controller code ever holds one.
+    for a in attach:
+        try:
+            os.write(a, b"0")
+        except OSError:
+            pass
+        os.close(a)
     ctl.close()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     if TEMP_SIZE > 0:
@@ -110,28 +121,32 @@ def _child(fd):
         cls, err = W.load_controller(PKG), None
     except W.ControllerLoadError as exc:
         cls, err = None, exc
-    os._exit(W.serve(sock, cls, err))
+    # No watchdog thread: if the runtime goes away, the zygote sees its control socket close
+    # and exits, and the kernel kills every child of its PID namespace with it.
+    os._exit(W.serve(sock, cls, err, watchdog=False))
 
 
+# One message per child: its execution socket, then (v1 cgroups) its slot's `tasks` files.
 while True:
     try:
-        data, fds, _flags, _addr = socket.recv_fds(ctl, 16, 4)
+        data, fds, _flags, _addr = socket.recv_fds(ctl, 16, 8)
     except InterruptedError:
         continue
     except OSError:
         os._exit(0)
     if not data:
         os._exit(0)
-    for fd in fds:
+    if not fds:
+        continue
+    try:
+        pid = os.fork()
+    except OSError:
+        pid = -1
+    if pid == 0:
         try:
-            pid = os.fork()
-        except OSError:
-            os.close(fd)
-            continue
-        if pid == 0:
-            try:
-                _child(fd)
-            except BaseException:
-                pass
-            os._exit(1)
+            _child(fds[0], fds[1:])
+        except BaseException:
+            pass
+        os._exit(1)
+    for fd in fds:
         os.close(fd)

@@ -578,7 +578,7 @@ impl Zygote {
             spec,
         };
         let ready = tokio::time::timeout(START_TIMEOUT, async {
-            z.send(&sb.child_bpf, None)?;
+            z.send(&sb.child_bpf, &[])?;
             let mut buf = [0u8; 8];
             let n = z
                 .ctl
@@ -615,16 +615,13 @@ impl Zygote {
         Ok(Arc::new(z))
     }
 
-    fn send(&self, data: &[u8], fd: Option<RawFd>) -> Result<(), SandboxError> {
+    fn send(&self, data: &[u8], fds: &[RawFd]) -> Result<(), SandboxError> {
         let _guard = self.send_lock.lock();
         let iov = [IoSlice::new(data)];
-        let fds;
-        let cmsgs: Vec<ControlMessage> = match fd {
-            Some(f) => {
-                fds = [f];
-                vec![ControlMessage::ScmRights(&fds)]
-            }
-            None => vec![],
+        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+            vec![]
+        } else {
+            vec![ControlMessage::ScmRights(fds)]
         };
         sendmsg::<()>(
             self.ctl.get_ref().as_raw_fd(),
@@ -675,16 +672,55 @@ impl Zygote {
     /// Ask for a fresh child; wait until it exists, move it into a cgroup slot with `limits`,
     /// then let it load the controller. The returned child waits for its `execute` frame.
     pub async fn fork_child(&self, sb: &Sandbox) -> Result<Child, SandboxError> {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))?;
-        setsockopt(&ours, sockopt::PassCred, &true)
-            .map_err(|e| SandboxError::Setup(format!("SO_PASSCRED: {e}")))?;
-        ours.set_nonblocking(true)
-            .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))?;
-        self.send(b"F", Some(theirs.as_fd().as_raw_fd()))?;
+        // The slot and its limits first: on v1 the child moves itself in (see
+        // `Slot::self_attach_fds`) before it says hello.
+        let mut slot = match &sb.cgroups {
+            Some(pool) => {
+                let mut slot = pool.take()?;
+                if let Err(e) = slot.set_limits(&self.spec.limits) {
+                    pool.give_back(slot);
+                    return Err(e);
+                }
+                Some(slot)
+            }
+            None => None,
+        };
+        let give_back = |slot: Option<Slot>| {
+            if let (Some(s), Some(pool)) = (slot, &sb.cgroups) {
+                pool.give_back(s);
+            }
+        };
+        let attach = slot.as_mut().map(Slot::self_attach_fds).unwrap_or_default();
+        let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                give_back(slot);
+                return Err(SandboxError::Setup(format!("execution socket: {e}")));
+            }
+        };
+        let prepared = setsockopt(&ours, sockopt::PassCred, &true)
+            .map_err(|e| SandboxError::Setup(format!("SO_PASSCRED: {e}")))
+            .and_then(|()| {
+                ours.set_nonblocking(true)
+                    .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))
+            })
+            .and_then(|()| {
+                let mut fds = vec![theirs.as_fd().as_raw_fd()];
+                fds.extend(&attach);
+                self.send(b"F", &fds)
+            });
         drop(theirs);
-        let stream = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))?;
+        if let Err(e) = prepared {
+            give_back(slot);
+            return Err(e);
+        }
+        let stream = match tokio::net::UnixStream::from_std(ours) {
+            Ok(s) => s,
+            Err(e) => {
+                give_back(slot);
+                return Err(SandboxError::Setup(format!("execution socket: {e}")));
+            }
+        };
         let hello = tokio::time::timeout(CHILD_TIMEOUT, async {
             stream
                 .async_io(Interest::READABLE, || {
@@ -723,36 +759,37 @@ impl Zygote {
         let (pid, temp) = match hello {
             Ok(Ok((1, Some(pid), temp))) if pid > 1 => (pid, temp),
             Ok(Ok(_)) | Ok(Err(_)) => {
+                give_back(slot);
                 self.is_alive();
                 return Err(SandboxError::ZygoteGone(
                     "the zygote's child ended before it was ready".into(),
                 ));
             }
             Err(_) => {
+                give_back(slot);
                 return Err(SandboxError::Setup(
                     "the zygote's child did not start in time".into(),
-                ))
+                ));
             }
         };
         let _ = setsockopt(&stream, sockopt::PassCred, &false);
-        let slot = match &sb.cgroups {
-            Some(pool) => {
-                let mut slot = pool.take()?;
-                let placed = slot
-                    .set_limits(&self.spec.limits)
-                    .and_then(|()| slot.place(pid));
-                if let Err(e) = placed {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    pool.give_back(slot);
-                    return Err(e);
-                }
-                Some(slot)
+        // The child is let go only once it is in its slot in every hierarchy: it moved itself
+        // (v1), or the runtime moves it now.
+        if let Some(s) = &slot {
+            let placed = if !attach.is_empty() && s.holds(pid) {
+                Ok(())
+            } else {
+                s.place(pid)
+            };
+            if let Err(e) = placed {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                give_back(slot);
+                return Err(e);
             }
-            None => None,
-        };
+        }
         let mut child = Child {
             stream,
             confined: Confined { pid, slot, temp },

@@ -236,7 +236,7 @@ def _fatal(message: str) -> None:
 # ---- one execution -------------------------------------------------------------------------
 
 
-def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException] = None) -> int:
+def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException] = None, *, watchdog: bool = True) -> int:
     """Serve one execution on ``sock`` (a connected ``AF_UNIX`` stream socket) and return the
     exit status (:data:`EXIT_OK` once the result frame is sent).
 
@@ -245,10 +245,16 @@ def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_
     ``None``), the execution fails with ``E5001`` describing why the controller could not be
     loaded. ``sock`` is closed on return. Never raises for anything the controller or the
     runtime does.
+
+    ``watchdog=False`` (the sandbox's zygote children) starts no watchdog thread: there the
+    runtime's end of the zygote's control socket closing ends the zygote, which is PID 1 of
+    its PID namespace, so the kernel kills every child with it — no thread, no wake-up every
+    half second in each waiting child.
     """
     install_output_capture()
     served = threading.Event()
-    _start_watchdog(sock, served)
+    if watchdog:
+        _start_watchdog(sock, served)
     try:
         if "asyncio" in sys.modules:
             return _serve_in_loop(sock, controller_cls, load_error)
