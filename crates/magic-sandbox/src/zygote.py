@@ -121,6 +121,9 @@ def _child(fd, attach):
         cls, err = W.load_controller(PKG), None
     except W.ControllerLoadError as exc:
         cls, err = None, exc
+    # The SDK's own steps once on dummy data (no controller code): their copy-on-write page
+    # copies happen now, while this spare waits, not during its request.
+    W.warm_up(cls)
     # No watchdog thread: if the runtime goes away, the zygote sees its control socket close
     # and exits, and the kernel kills every child of its PID namespace with it.
     os._exit(W.serve(sock, cls, err, watchdog=False))
