@@ -534,26 +534,18 @@ def warm_up(controller_cls: Optional[Type[Controller]] = None) -> None:
     For a pre-forked child (the sandbox's spares): the first run of any code after ``fork``
     copies the memory pages whose reference counts it touches; doing the SDK's part (decode and
     check an ``execute`` frame, build the context, encode a result) while the child waits moves
-    those copies out of the request. Runs **no controller code** (``controller_cls`` is only
-    looked at, never instantiated). Never raises.
+    those copies out of the request. Only what a request does anyway (each extra step would
+    copy pages of its own). Runs **no controller code** (``controller_cls`` is not used, it is
+    accepted for future use). Never raises.
     """
     try:
-        data = _protocol.encode_frame({
-            "type": "execute", "request_id": "warm-up", "controller": "", "version": "",
-            "input": {"k": [1, 2.5, "x", None, True]}, "timeout_ms": 1, "temp_dir": None,
-        })
-        _protocol.decode_length(data[:4])
-        execute = _parse_execute(_protocol.decode_body(data[4:]))
-        channel = DirectChannel(None)  # never used to send or receive
-        ExecutionContext(channel, execute["request_id"], controller=execute["controller"],
+        execute = _parse_execute(_protocol.decode_body(
+            b'{"type":"execute","request_id":"warm-up","controller":"","version":"",'
+            b'"input":{},"timeout_ms":1,"temp_dir":null}'))
+        ExecutionContext(DirectChannel(None), execute["request_id"], controller=execute["controller"],
                          version=execute["version"], timeout_ms=execute["timeout_ms"],
                          temp_dir=execute["temp_dir"], started=time.monotonic())
-        hook = _AsyncioImportHook()
-        sys.meta_path.insert(0, hook)
-        hook.remove()
         _result_frame(True, execute["input"])
-        if controller_cls is not None:
-            getattr(controller_cls, "execute", None)
     except Exception:  # a warm-up never fails an execution
         pass
 
