@@ -52,6 +52,15 @@ fn spawn_stats(argv: &[&str], runs: usize) -> Option<Stats> {
 }
 
 fn write_noop(dir: &Path, name: &str, version: &str, body: &str) {
+    // `import asyncio` only where the body needs it: a controller that never imports it runs
+    // without an event loop.
+    let import = if body.contains("asyncio") {
+        "import asyncio\n"
+    } else if body.contains("time.") {
+        "import time\n"
+    } else {
+        ""
+    };
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(
         dir.join("contract.yaml"),
@@ -60,7 +69,7 @@ fn write_noop(dir: &Path, name: &str, version: &str, body: &str) {
     .unwrap();
     std::fs::write(
         dir.join("controller.py"),
-        format!("import asyncio\nfrom magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\nclass {name}(Controller):\n    async def execute(self, input):\n        {body}\n        return {{}}\n"),
+        format!("{import}from magic import Controller, contract\n\n\n@contract(\"./contract.yaml\")\nclass {name}(Controller):\n    async def execute(self, input):\n        {body}\n        return {{}}\n"),
     )
     .unwrap();
 }
@@ -232,28 +241,50 @@ async fn main() {
         "**same, 4 connections**",
         &load(&addr, req.clone(), 4, total, limit).await,
     );
-
-    // Private memory per concurrent execution: 8 executions sleeping at once.
-    let dir = tmp.path().join("sleeper");
-    write_noop(&dir, "Sleeper", "1.0.0", "await asyncio.sleep(1.5)");
+    // The same no-op, but its module imports asyncio: it runs in an event loop.
+    let dir = tmp.path().join("noop_asyncio");
+    write_noop(&dir, "NoopAsyncio", "1.0.0", "await asyncio.sleep(0)");
     deploy(&dir);
-    let zpid = wait_log(&["zygote_ready", "Sleeper"]).unwrap()["pid"]
-        .as_i64()
-        .unwrap() as i32;
-    let sreq = format!("POST /api/execute/Sleeper HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes();
-    let mut running = Vec::new();
-    for _ in 0..8 {
-        let (a, r) = (addr.clone(), sreq.clone());
-        running.push(tokio::spawn(async move {
-            Conn::new(&a).await.request(&r).await.0
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let kids = children(zpid);
-    let dirty: Vec<u64> = kids.iter().filter_map(|p| private_dirty_kib(*p)).collect();
-    let zygote_dirty = private_dirty_kib(zpid).unwrap_or(0);
-    for r in running {
-        assert_eq!(r.await.unwrap(), 200);
+    let areq = format!("POST /api/execute/NoopAsyncio HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes();
+    load(&addr, areq.clone(), 1, 300, limit).await;
+    row(
+        "same, but the controller imports asyncio (event loop), 1 connection",
+        &load(&addr, areq.clone(), 1, total, limit).await,
+    );
+    row(
+        "same, asyncio, 4 connections",
+        &load(&addr, areq, 4, total, limit).await,
+    );
+
+    // Private memory per concurrent execution: 8 executions sleeping at once, without and
+    // with asyncio.
+    let mut mem = Vec::new();
+    for (name, body) in [
+        ("Sleeper", "time.sleep(1.5)"),
+        ("SleeperAsyncio", "await asyncio.sleep(1.5)"),
+    ] {
+        let dir = tmp.path().join(name);
+        write_noop(&dir, name, "1.0.0", body);
+        deploy(&dir);
+        let zpid = wait_log(&["zygote_ready", name]).unwrap()["pid"]
+            .as_i64()
+            .unwrap() as i32;
+        let sreq = format!("POST /api/execute/{name} HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").into_bytes();
+        let mut running = Vec::new();
+        for _ in 0..8 {
+            let (a, r) = (addr.clone(), sreq.clone());
+            running.push(tokio::spawn(async move {
+                Conn::new(&a).await.request(&r).await.0
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let kids = children(zpid);
+        let dirty: Vec<u64> = kids.iter().filter_map(|p| private_dirty_kib(*p)).collect();
+        let zygote_dirty = private_dirty_kib(zpid).unwrap_or(0);
+        for r in running {
+            assert_eq!(r.await.unwrap(), 200);
+        }
+        mem.push((name, dirty, zygote_dirty));
     }
     let _ = server.kill();
     let _ = server.wait();
@@ -273,18 +304,20 @@ async fn main() {
         "| deploy (CLI) → first served request, median | {:.1} ms |",
         first_ms[first_ms.len() / 2]
     );
-    if !dirty.is_empty() {
-        let avg = dirty.iter().sum::<u64>() as f64 / dirty.len() as f64;
+    for (name, dirty, zygote_dirty) in mem {
+        if !dirty.is_empty() {
+            let avg = dirty.iter().sum::<u64>() as f64 / dirty.len() as f64;
+            println!(
+                "| {name}: private dirty memory per concurrent execution ({} children of the first zygote, incl. spares) | {:.2} MiB (min {:.2}, max {:.2}) |",
+                dirty.len(),
+                avg / 1024.0,
+                *dirty.iter().min().unwrap() as f64 / 1024.0,
+                *dirty.iter().max().unwrap() as f64 / 1024.0
+            );
+        }
         println!(
-            "| private dirty memory per concurrent execution ({} children incl. spares) | {:.2} MiB (min {:.2}, max {:.2}) |",
-            dirty.len(),
-            avg / 1024.0,
-            *dirty.iter().min().unwrap() as f64 / 1024.0,
-            *dirty.iter().max().unwrap() as f64 / 1024.0
+            "| {name}: zygote private dirty memory | {:.2} MiB |",
+            zygote_dirty as f64 / 1024.0
         );
     }
-    println!(
-        "| zygote private dirty memory | {:.2} MiB |",
-        zygote_dirty as f64 / 1024.0
-    );
 }

@@ -451,6 +451,11 @@ impl Executor {
                                 tracing::debug!(request_id = %ctx.request_id, controller = %ctx.controller, error = %e, "custom metric refused");
                             }
                         }
+                        Some(Ok(FromWorker::Result { .. })) if sandboxed.as_ref().is_some_and(|c| c.temp_full()) => {
+                            // The runtime saw the private /tmp fill up, whatever the controller did with the error.
+                            break 'run Err(limit_error(&self.metrics, &ctx.controller, ErrorCode::TempDiskExceeded, "temp_disk",
+                                "the execution filled its fs:temp space".into()));
+                        }
                         Some(Ok(FromWorker::Result { ok: true, output, .. })) => break 'run Ok(output),
                         Some(Ok(FromWorker::Result { ok: false, error, .. })) => {
                             let limit = error.as_ref().and_then(|e| resource_error(e, temp_dir.is_some()));

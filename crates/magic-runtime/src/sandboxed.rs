@@ -1,16 +1,18 @@
-//! Process mode: one zygote per deployed version, a pre-forked spare child per version, and
-//! the start-up decision whether process mode can run on this host.
+//! Process mode: zygotes per deployed version (one, more under load), a pool of pre-forked
+//! spare children sized to the load, and the start-up decision whether process mode can run
+//! on this host.
 //!
-//! Owns: the per-version pools (zygote + spares), restarting a dead zygote, and the refusal
+//! Owns: the per-version pools (zygotes + spares), restarting a dead zygote, adding and
+//! retiring extra zygotes, never handing out a spare whose zygote or process died, and the refusal
 //! to start when an isolation layer is missing. Must never: hand a child to a second
 //! execution, kill a zygote because an execution ended, or fall back to weaker isolation
 //! without `MAGIC_ALLOW_DEGRADED_ISOLATION=1` and a loud warning.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use magic_contract::{Capability, ErrorCode};
 use magic_sandbox::{Child, Confined, Limits, Sandbox, SandboxConfig, Zygote, ZygoteSpec};
@@ -28,8 +30,37 @@ pub fn isolation_layers() -> Vec<Layer> {
 
 /// Processes and threads one execution may have at once (fork bombs stop here).
 pub const PIDS_PER_EXECUTION: u64 = 64;
-/// Spare children kept ready per version.
-pub const SPARES: usize = 4;
+/// Fewest spare children kept ready per version (while it has a zygote).
+pub const MIN_SPARES: usize = 2;
+/// Most spare children kept ready per version (each costs about 1 MiB of private memory).
+pub const MAX_SPARES: usize = 16;
+/// Most zygotes per version (each forks serially; more use more cores under load).
+pub const MAX_ZYGOTES: usize = 4;
+/// An extra zygote is retired after this long without a request that found no spare.
+pub const ZYGOTE_IDLE: Duration = Duration::from_secs(30);
+/// The observed peak of concurrent executions decays to the current value this often.
+pub const PEAK_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many spares to keep ready: the recent peak of concurrent executions (rate × latency,
+/// Little's law) plus one, at least [`MIN_SPARES`], at most [`MAX_SPARES`], and never more
+/// than `max_concurrent`.
+pub fn spare_target(peak_in_flight: usize, max_concurrent: usize) -> usize {
+    let ceiling = MAX_SPARES.min(max_concurrent.max(1));
+    (peak_in_flight + 1).clamp(MIN_SPARES.min(ceiling), ceiling)
+}
+
+/// Whether a version gets another zygote: a request found no spare ready (its zygotes could
+/// not fork fast enough) and it has fewer than `max_zygotes` (one per core, at most
+/// [`MAX_ZYGOTES`]).
+pub fn wants_another_zygote(missed: bool, zygotes: usize, max_zygotes: usize) -> bool {
+    missed && zygotes < max_zygotes
+}
+
+/// Whether an extra zygote (never the first) is retired: no request missed a spare for
+/// [`ZYGOTE_IDLE`].
+pub fn retire_extra_zygote(zygotes: usize, since_last_miss: Duration) -> bool {
+    zygotes > 1 && since_last_miss >= ZYGOTE_IDLE
+}
 
 /// How `magic serve` will isolate executions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,14 +152,17 @@ pub fn start_sandbox(
              rlimits only (memory via RLIMIT_AS, processes via RLIMIT_NPROC)"
         );
     }
+    let id_base = magic_sandbox::configured_id_base()?;
     let sb = Sandbox::new(SandboxConfig {
         python: python.to_path_buf(),
         sdk_dir: sdk_dir.to_path_buf(),
         work_dir: runtime_dir.to_path_buf(),
         allow_without_cgroups: without_cgroups,
+        id_base,
     })
     .map_err(|e| format!("process mode cannot start: {e}"))?;
-    tracing::info!(event = "sandbox_ready", cgroups = ?sb.cgroup_layout(), "process mode: executions are sandboxed");
+    tracing::info!(event = "sandbox_ready", cgroups = ?sb.cgroup_layout(), host_id_base = sb.id_bases().0,
+        "process mode: executions are sandboxed");
     Ok(Some(sb))
 }
 
@@ -153,12 +187,98 @@ fn spec(version: &DeployedVersion) -> ZygoteSpec {
     }
 }
 
-/// A version's zygote and its ready children.
-#[derive(Default)]
+async fn start_zygote(
+    sb: &Arc<Sandbox>,
+    v: &DeployedVersion,
+) -> Result<Arc<Zygote>, magic_sandbox::SandboxError> {
+    Zygote::start(sb, spec(v)).await
+}
+
+/// A ready child and the zygote it was forked from.
+struct Spare {
+    child: Child,
+    zygote: Arc<Zygote>,
+}
+
+/// A version's zygotes and their ready children.
 struct Pool {
-    zygote: tokio::sync::Mutex<Option<Arc<Zygote>>>,
-    spares: Mutex<Vec<Child>>,
+    /// The first zygote is the version's own (restarted when it dies); the others are extra
+    /// zygotes started under load and retired when idle.
+    zygotes: tokio::sync::Mutex<Vec<Arc<Zygote>>>,
+    spares: Mutex<Vec<Spare>>,
     filling: AtomicBool,
+    growing: AtomicBool,
+    in_flight: AtomicUsize,
+    peak: AtomicUsize,
+    next: AtomicUsize,
+    /// When a request last found no spare, and when `peak` was last reset.
+    clock: Mutex<(Instant, Instant)>,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        let now = Instant::now();
+        Pool {
+            zygotes: tokio::sync::Mutex::new(Vec::new()),
+            spares: Mutex::new(Vec::new()),
+            filling: AtomicBool::new(false),
+            growing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            next: AtomicUsize::new(0),
+            clock: Mutex::new((now, now)),
+        }
+    }
+}
+
+impl Pool {
+    /// Take a spare whose zygote and process are still alive; dead ones are released.
+    fn take_spare(&self, sb: &Arc<Sandbox>) -> Option<Child> {
+        loop {
+            let spare = self.spares.lock().ok()?.pop()?;
+            if spare.zygote.is_alive() && !spare.child.is_gone() {
+                return Some(spare.child);
+            }
+            release_unused(sb, spare.child);
+        }
+    }
+
+    fn spare_count(&self) -> usize {
+        self.spares.lock().map(|s| s.len()).unwrap_or(usize::MAX)
+    }
+
+    /// The spare target now, from the recent peak of concurrent executions (reset to the
+    /// current count every [`PEAK_WINDOW`]).
+    fn target(&self, max_concurrent: usize) -> usize {
+        if let Ok(mut clock) = self.clock.lock() {
+            if clock.1.elapsed() >= PEAK_WINDOW {
+                clock.1 = Instant::now();
+                self.peak
+                    .store(self.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+            }
+        }
+        spare_target(self.peak.load(Ordering::SeqCst), max_concurrent)
+    }
+
+    fn since_last_miss(&self) -> Duration {
+        self.clock
+            .lock()
+            .map(|c| c.0.elapsed())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+/// Kill a child that never served an execution and pool its cgroup slot (off the async
+/// threads).
+fn release_unused(sb: &Arc<Sandbox>, child: Child) {
+    let (_, confined) = child.split();
+    confined.kill();
+    let sb = sb.clone();
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn_blocking(move || sb.release(confined));
+    } else {
+        sb.release(confined);
+    }
 }
 
 /// One version's zygote as the console shows it.
@@ -192,7 +312,8 @@ pub fn parse_vm_rss(status: &str) -> Option<u64> {
 pub struct ProcessMode {
     sandbox: Arc<Sandbox>,
     pools: Mutex<HashMap<(String, String), Arc<Pool>>>,
-    spares: usize,
+    max_concurrent: usize,
+    max_zygotes: usize,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -204,12 +325,15 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl ProcessMode {
-    /// Process mode over `sandbox`; at most `max_concurrent` spare children per version.
+    /// Process mode over `sandbox`; the spares per version follow the load and never exceed
+    /// `max_concurrent`.
     pub fn new(sandbox: Arc<Sandbox>, max_concurrent: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         ProcessMode {
             sandbox,
             pools: Mutex::new(HashMap::new()),
-            spares: SPARES.min(max_concurrent.max(1)),
+            max_concurrent: max_concurrent.max(1),
+            max_zygotes: cores.clamp(1, MAX_ZYGOTES),
         }
     }
 
@@ -228,42 +352,75 @@ impl ProcessMode {
         }
         let pool = self.pool(v);
         zygote(&self.sandbox, &pool, v).await?;
-        fill(self.sandbox.clone(), self.spares, pool, v.clone()).await;
+        fill(self.sandbox.clone(), self.max_concurrent, pool, v.clone()).await;
         Ok(())
     }
 
-    /// A fresh child for one execution of `v`: a pre-forked spare when one is ready (the next
-    /// one is forked in the background), else one forked now.
+    /// A fresh child for one execution of `v`: a pre-forked spare when one is ready, else one
+    /// forked now (and, under such load, the version gets another zygote, up to one per core).
     pub async fn child(&self, v: &Arc<DeployedVersion>) -> Result<Child, ApiError> {
         let pool = self.pool(v);
-        let zygote_alive = match pool.zygote.try_lock() {
-            Ok(g) => g.as_ref().is_some_and(|z| z.is_alive()),
-            Err(_) => true,
+        let now = pool.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        pool.peak.fetch_max(now, Ordering::SeqCst);
+        let child = match pool.take_spare(&self.sandbox) {
+            Some(c) => Ok(c),
+            None => {
+                if let Ok(mut clock) = pool.clock.lock() {
+                    clock.0 = Instant::now();
+                }
+                self.grow(&pool, v);
+                fork(&self.sandbox, &pool, v).await
+            }
         };
-        let (spare, left) = if zygote_alive {
-            pool.spares
-                .lock()
-                .map(|mut s| (s.pop(), s.len()))
-                .unwrap_or((None, 0))
-        } else {
-            (None, 0)
-        };
-        let child = match spare {
-            Some(c) => c,
-            None => fork(&self.sandbox, &pool, v).await?,
-        };
+        if child.is_err() {
+            let _ = pool
+                .in_flight
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        }
         // Refill now only when no spare is left; otherwise after this execution ends (in
         // `release`), so that forking does not compete with it for the CPU.
-        if left == 0 {
+        if pool.spare_count() == 0 {
             self.refill(pool, v.clone());
         }
-        Ok(child)
+        child
+    }
+
+    /// Start one more zygote for `v` in the background when the load calls for it.
+    fn grow(&self, pool: &Arc<Pool>, v: &Arc<DeployedVersion>) {
+        // Only while every zygote is alive (a dead first zygote is being restarted instead).
+        let count = pool
+            .zygotes
+            .try_lock()
+            .ok()
+            .filter(|z| z.iter().all(|z| z.is_alive()))
+            .map_or(usize::MAX, |z| z.len());
+        if count == 0
+            || !wants_another_zygote(true, count, self.max_zygotes)
+            || pool.growing.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let (sb, pool, v) = (self.sandbox.clone(), pool.clone(), v.clone());
+        tokio::spawn(async move {
+            match start_zygote(&sb, &v).await {
+                Ok(z) => {
+                    tracing::info!(controller = %v.name, version = %v.version, event = "zygote_added",
+                        ready_ms = z.ready_in.as_secs_f64() * 1000.0, pid = z.pid(), "another zygote for this version (load)");
+                    pool.zygotes.lock().await.push(z);
+                }
+                Err(e) => {
+                    tracing::warn!(controller = %v.name, version = %v.version, error = %e, "extra zygote failed to start");
+                }
+            }
+            pool.growing.store(false, Ordering::SeqCst);
+        });
     }
 
     fn refill(&self, pool: Arc<Pool>, v: Arc<DeployedVersion>) {
         if !pool.filling.swap(true, Ordering::SeqCst) {
-            let (sb, n) = (self.sandbox.clone(), self.spares);
+            let (sb, n) = (self.sandbox.clone(), self.max_concurrent);
             tokio::spawn(async move {
+                retire_idle(&sb, &pool, &v).await;
                 fill(sb, n, pool.clone(), v).await;
                 pool.filling.store(false, Ordering::SeqCst);
             });
@@ -281,10 +438,10 @@ impl ProcessMode {
             .into_iter()
             .map(|((controller, version), pool)| {
                 let pid = pool
-                    .zygote
+                    .zygotes
                     .try_lock()
                     .ok()
-                    .and_then(|g| g.as_ref().filter(|z| z.is_alive()).map(|z| z.pid()));
+                    .and_then(|g| g.first().filter(|z| z.is_alive()).map(|z| z.pid()));
                 ZygoteInfo {
                     controller,
                     version,
@@ -309,12 +466,12 @@ impl ProcessMode {
         let mut zygotes = 0;
         for pool in pools {
             if let Ok(mut spares) = pool.spares.lock() {
-                for c in spares.drain(..) {
-                    let (_, confined) = c.split();
+                for s in spares.drain(..) {
+                    let (_, confined) = s.child.split();
                     confined.kill();
                 }
             }
-            if let Some(z) = pool.zygote.lock().await.take() {
+            for z in pool.zygotes.lock().await.drain(..) {
                 z.terminate();
                 zygotes += 1;
             }
@@ -339,44 +496,90 @@ impl ProcessMode {
     pub fn release(&self, c: Confined, v: &Arc<DeployedVersion>) {
         let sb = self.sandbox.clone();
         tokio::task::spawn_blocking(move || sb.release(c));
-        self.refill(self.pool(v), v.clone());
+        let pool = self.pool(v);
+        let _ = pool
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        self.refill(pool, v.clone());
     }
 }
 
+/// The version's first zygote: started, or restarted when it died. Dead extra zygotes are
+/// dropped (their spares are found dead when taken).
 async fn zygote(
     sb: &Arc<Sandbox>,
     pool: &Pool,
     v: &DeployedVersion,
 ) -> Result<Arc<Zygote>, ApiError> {
-    let mut guard = pool.zygote.lock().await;
-    if let Some(z) = guard.as_ref() {
+    let mut guard = pool.zygotes.lock().await;
+    if guard.len() > 1 {
+        let first = guard.remove(0);
+        guard.retain(|z| z.is_alive());
+        guard.insert(0, first);
+    }
+    if let Some(z) = guard.first() {
         if z.is_alive() {
             return Ok(z.clone());
         }
         tracing::warn!(controller = %v.name, version = %v.version, event = "zygote_restart", "zygote died; starting a new one");
-        if let Ok(mut spares) = pool.spares.lock() {
-            spares.clear();
+        guard.remove(0);
+        // Its spares died with it (PID namespace): release their slots now.
+        let dead: Vec<Spare> = match pool.spares.lock() {
+            Ok(mut spares) => {
+                let (dead, live): (Vec<Spare>, Vec<Spare>) =
+                    spares.drain(..).partition(|s| !s.zygote.is_alive());
+                *spares = live;
+                dead
+            }
+            Err(_) => Vec::new(),
+        };
+        for s in dead {
+            release_unused(sb, s.child);
         }
     }
-    let z = match Zygote::start(sb, spec(v)).await {
+    let z = match start_zygote(sb, v).await {
         Ok(z) => z,
         Err(e) => {
-            // One more try: a start can fail while the host is briefly overloaded.
             tracing::warn!(controller = %v.name, version = %v.version, error = %e, "zygote start failed; retrying once");
-            Zygote::start(sb, spec(v)).await.map_err(unavailable)?
+            start_zygote(sb, v).await.map_err(unavailable)?
         }
     };
     tracing::info!(controller = %v.name, version = %v.version, event = "zygote_ready",
         ready_ms = z.ready_in.as_secs_f64() * 1000.0, pid = z.pid());
-    *guard = Some(z.clone());
+    guard.insert(0, z.clone());
     Ok(z)
 }
 
+/// A live zygote of the version, taking turns between them (the first is (re)started when
+/// needed).
+async fn pick(
+    sb: &Arc<Sandbox>,
+    pool: &Pool,
+    v: &DeployedVersion,
+) -> Result<Arc<Zygote>, ApiError> {
+    let first = zygote(sb, pool, v).await?;
+    let guard = pool.zygotes.lock().await;
+    let n = pool.next.fetch_add(1, Ordering::Relaxed);
+    let alive: Vec<&Arc<Zygote>> = guard.iter().filter(|z| z.is_alive()).collect();
+    Ok(alive
+        .get(n % alive.len().max(1))
+        .map(|z| (*z).clone())
+        .unwrap_or(first))
+}
+
 async fn fork(sb: &Arc<Sandbox>, pool: &Pool, v: &DeployedVersion) -> Result<Child, ApiError> {
+    Ok(fork_spare(sb, pool, v).await?.child)
+}
+
+async fn fork_spare(
+    sb: &Arc<Sandbox>,
+    pool: &Pool,
+    v: &DeployedVersion,
+) -> Result<Spare, ApiError> {
     for _attempt in 0..2 {
-        let z = zygote(sb, pool, v).await?;
+        let z = pick(sb, pool, v).await?;
         match z.fork_child(sb).await {
-            Ok(c) => return Ok(c),
+            Ok(child) => return Ok(Spare { child, zygote: z }),
             Err(magic_sandbox::SandboxError::ZygoteGone(e)) => {
                 tracing::warn!(controller = %v.name, error = %e, "zygote gone while forking");
                 z.terminate();
@@ -387,24 +590,55 @@ async fn fork(sb: &Arc<Sandbox>, pool: &Pool, v: &DeployedVersion) -> Result<Chi
     Err(unavailable("the zygote keeps dying"))
 }
 
-async fn fill(sb: Arc<Sandbox>, want: usize, pool: Arc<Pool>, v: Arc<DeployedVersion>) {
+/// Retire extra zygotes after [`ZYGOTE_IDLE`] without a missed spare (their spares die with
+/// them and are released).
+async fn retire_idle(sb: &Arc<Sandbox>, pool: &Pool, v: &DeployedVersion) {
+    let retired = {
+        let mut guard = pool.zygotes.lock().await;
+        if !retire_extra_zygote(guard.len(), pool.since_last_miss()) {
+            return;
+        }
+        guard.pop()
+    };
+    let Some(z) = retired else { return };
+    let unused: Vec<Spare> = match pool.spares.lock() {
+        Ok(mut spares) => {
+            let (theirs, ours): (Vec<Spare>, Vec<Spare>) =
+                spares.drain(..).partition(|s| Arc::ptr_eq(&s.zygote, &z));
+            *spares = ours;
+            theirs
+        }
+        Err(_) => Vec::new(),
+    };
+    for s in unused {
+        release_unused(sb, s.child);
+    }
+    z.terminate();
+    tracing::info!(controller = %v.name, version = %v.version, event = "zygote_retired", pid = z.pid(), "extra zygote retired (idle)");
+}
+
+async fn fill(sb: Arc<Sandbox>, max_concurrent: usize, pool: Arc<Pool>, v: Arc<DeployedVersion>) {
     loop {
-        let have = pool.spares.lock().map(|s| s.len()).unwrap_or(usize::MAX);
-        let need = want.saturating_sub(have);
+        let need = pool
+            .target(max_concurrent)
+            .saturating_sub(pool.spare_count());
         if need == 0 {
             return;
         }
-        // Several children at once: moving a process into a cgroup waits for an RCU grace
-        // period (milliseconds on v1), and concurrent moves share it.
-        let forks = (0..need).map(|_| fork(&sb, &pool, &v));
+        // Several children at once, taking turns between the zygotes: moving a process into a
+        // cgroup waits for an RCU grace period (milliseconds on v1), and concurrent moves
+        // share it.
+        let forks = (0..need).map(|_| fork_spare(&sb, &pool, &v));
         let mut failed = false;
         for r in futures::future::join_all(forks).await {
             match r {
-                Ok(c) => {
-                    if let Ok(mut s) = pool.spares.lock() {
-                        s.push(c);
+                // A spare whose zygote died meanwhile is not kept (it died with it).
+                Ok(s) if s.zygote.is_alive() => {
+                    if let Ok(mut spares) = pool.spares.lock() {
+                        spares.push(s);
                     }
                 }
+                Ok(s) => release_unused(&sb, s.child),
                 Err(_) => failed = true,
             }
         }
@@ -447,6 +681,37 @@ mod tests {
             required: true,
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn spares_follow_the_load_within_bounds() {
+        // (peak in flight, CONTROLLER_MAX_CONCURRENT) → spares
+        let cases = [
+            (0, 64, MIN_SPARES),
+            (1, 64, MIN_SPARES),
+            (2, 64, 3),
+            (4, 64, 5),
+            (100, 64, MAX_SPARES),
+            (4, 3, 3),
+            (0, 1, 1),
+            (0, 0, 1),
+        ];
+        for (peak, max, want) in cases {
+            assert_eq!(spare_target(peak, max), want, "peak {peak}, max {max}");
+        }
+    }
+
+    #[test]
+    fn zygotes_scale_with_misses_and_retire_when_idle() {
+        assert!(wants_another_zygote(true, 1, 2));
+        assert!(!wants_another_zygote(false, 1, 2));
+        assert!(!wants_another_zygote(true, 2, 2));
+        assert!(
+            !retire_extra_zygote(1, ZYGOTE_IDLE * 10),
+            "the first zygote stays"
+        );
+        assert!(!retire_extra_zygote(2, ZYGOTE_IDLE / 2));
+        assert!(retire_extra_zygote(2, ZYGOTE_IDLE));
     }
 
     #[test]

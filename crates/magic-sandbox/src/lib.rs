@@ -100,6 +100,7 @@ pub fn probe() -> Vec<Layer> {
         }
     };
     let writable = root && cg.is_some();
+    let ids = host_id_bases(configured_id_base().ok().flatten());
     vec![
         Layer {
             name: "namespaces",
@@ -154,8 +155,8 @@ pub fn probe() -> Vec<Layer> {
                 format!(
                     "zygote is root only inside its own user namespace (host uid {}); children \
                      are its uid 65534 (host {}) without capabilities",
-                    zygote::USERNS_HOST_BASE,
-                    zygote::USERNS_HOST_BASE + SANDBOX_ID
+                    ids.0,
+                    ids.0 + SANDBOX_ID
                 )
             } else {
                 "not available (/proc/sys/user/max_user_namespaces is 0)".into()
@@ -174,6 +175,36 @@ pub fn missing_required(layers: &[Layer]) -> Option<String> {
     (!missing.is_empty()).then(|| missing.join("; "))
 }
 
+/// `MAGIC_SANDBOX_ID_BASE`: the first host uid/gid of the sandbox's 65536 ids, if set.
+pub fn configured_id_base() -> Result<Option<u32>, String> {
+    match std::env::var("MAGIC_SANDBOX_ID_BASE") {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<u32>()
+            .map_err(|_| format!("MAGIC_SANDBOX_ID_BASE={v:?} is not a number"))
+            .and_then(zygote::valid_id_base)
+            .map(Some)
+            .map_err(|e| format!("MAGIC_SANDBOX_ID_BASE: {e}")),
+    }
+}
+
+/// The host uid and gid bases of the sandbox's user namespace: `configured` (from
+/// `MAGIC_SANDBOX_ID_BASE`, already validated) for both, else the ranges `/etc/subuid` and
+/// `/etc/subgid` delegate to root, else [`zygote::USERNS_HOST_BASE`].
+pub fn host_id_bases(configured: Option<u32>) -> (u32, u32) {
+    if let Some(b) = configured {
+        return (b, b);
+    }
+    let from = |file: &str| {
+        std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| zygote::subid_base(&t, "root", 0))
+            .unwrap_or(zygote::USERNS_HOST_BASE)
+    };
+    (from("/etc/subuid"), from("/etc/subgid"))
+}
+
 /// Settings for [`Sandbox::new`].
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -185,6 +216,9 @@ pub struct SandboxConfig {
     pub work_dir: PathBuf,
     /// Run without cgroups (rlimits only) instead of refusing.
     pub allow_without_cgroups: bool,
+    /// Host id base of the user namespace (`MAGIC_SANDBOX_ID_BASE`); `None`: `/etc/subuid`
+    /// and `/etc/subgid`, else 100000.
+    pub id_base: Option<u32>,
 }
 
 /// The process-mode sandbox shared by every zygote of one runtime.
@@ -199,6 +233,7 @@ pub struct Sandbox {
     child_bpf: Vec<u8>,
     uid: u32,
     gid: u32,
+    id_bases: (u32, u32),
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -304,7 +339,13 @@ impl Sandbox {
             child_bpf: seccomp::child_filter()?,
             uid: SANDBOX_ID,
             gid: SANDBOX_ID,
+            id_bases: host_id_bases(cfg.id_base),
         }))
+    }
+
+    /// Host uid and gid that the sandbox's root maps to (children run as these + 65534).
+    pub fn id_bases(&self) -> (u32, u32) {
+        self.id_bases
     }
 
     /// The cgroup layout in use (`None`: rlimits only).
@@ -325,7 +366,7 @@ impl Sandbox {
     /// Kill what is left of `child` and return its cgroup slot to the pool. Blocking (waits
     /// until the slot is empty): call from a blocking context.
     pub fn release(&self, child: Confined) {
-        let Confined { pid, slot } = child;
+        let Confined { pid, slot, .. } = child;
         match (slot, &self.cgroups) {
             (Some(s), Some(pool)) => pool.give_back(s),
             _ => {

@@ -4,15 +4,16 @@
 //! namespaces, then `setns` into the shared empty network namespace), its read-only root
 //! (a tmpfs holding only read-only binds of the Python install, `/usr`, four device nodes, the
 //! SDK and the package), its capability bounding set, no_new_privs, its seccomp filter, its
-//! control socket, and each child's handshake (pid → cgroup → go). Must never: allocate or
-//! take a lock between `clone` and `execve` (the runtime is multi-threaded), leave a runtime
+//! control socket, and each child's handshake (pid → cgroup → go). Must never: allocate,
+//! take a lock or call a libc wrapper that acts on all threads (the set*id family: use the raw
+//! system call) between `clone` and `execve` (the runtime is multi-threaded), leave a runtime
 //! descriptor open in the zygote beyond its control socket and stderr, or signal anything but
 //! a child's own slot.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
 use std::io::IoSlice;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -314,8 +315,8 @@ unsafe fn child_setup(p: &Plan) -> i32 {
         14
     );
     // Everything that needed host root is done: enter a new user namespace in which the
-    // zygote is root (host uid USERNS_HOST_BASE) and the children's 65534 is host
-    // USERNS_HOST_BASE + 65534. The runtime writes the maps, then lets us continue.
+    // zygote is root (host uid = the sandbox's id base) and the children's 65534 is host
+    // base + 65534. The runtime writes the maps, then lets us continue.
     check!(libc::unshare(libc::CLONE_NEWUSER) == 0, 22);
     let mut b = 0u8;
     check!(
@@ -323,10 +324,15 @@ unsafe fn child_setup(p: &Plan) -> i32 {
             && libc::read(p.sync_r, (&mut b as *mut u8).cast(), 1) == 1,
         23
     );
+    // Raw system calls, not glibc's wrappers: those broadcast the change to every thread
+    // glibc believes exists (`__nptl_setxid`) and wait on a futex for a thread that was being
+    // created when this process was cloned, which never comes (the runtime starts threads all
+    // the time, e.g. blocking-pool threads while a dead zygote's spares are released) — the
+    // restarted zygote then hung before `execve`. Here only the calling thread exists.
     check!(
-        libc::setresgid(0, 0, 0) == 0
-            && libc::setgroups(0, std::ptr::null()) == 0
-            && libc::setresuid(0, 0, 0) == 0,
+        libc::syscall(libc::SYS_setresgid, 0u32, 0u32, 0u32) == 0
+            && libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) == 0
+            && libc::syscall(libc::SYS_setresuid, 0u32, 0u32, 0u32) == 0,
         24
     );
     for cap in 0..64 {
@@ -373,6 +379,11 @@ unsafe fn child_setup(p: &Plan) -> i32 {
     );
     libc::execve(p.python.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr());
     21
+}
+
+/// Pure: a tmpfs with no free block or no free inode is full.
+pub fn temp_is_full(blocks_free: u64, files_free: u64) -> bool {
+    blocks_free == 0 || files_free == 0
 }
 
 /// Describe a zygote start failure step.
@@ -427,6 +438,19 @@ pub struct Child {
 }
 
 impl Child {
+    /// Whether the child is gone (its end of the socket closed or it sent something
+    /// unexpected) while it waited for its `execute` frame. Does not block.
+    pub fn is_gone(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.stream.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll on one descriptor we own, with a zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n != 0
+    }
+
     /// Separate the socket from the process handle.
     pub fn split(self) -> (tokio::net::UnixStream, Confined) {
         (self.stream, self.confined)
@@ -439,6 +463,9 @@ pub struct Confined {
     /// The child's host pid.
     pub pid: i32,
     pub(crate) slot: Option<Slot>,
+    /// The child's private `/tmp` (a directory descriptor it sent with its hello), when
+    /// `fs:temp` is declared: only ever `fstatvfs`ed, to see whether it filled up.
+    pub(crate) temp: Option<OwnedFd>,
 }
 
 impl Confined {
@@ -461,6 +488,15 @@ impl Confined {
     /// Whether the kernel OOM-killed something in the child's cgroup.
     pub fn oom_killed(&self) -> bool {
         self.slot.as_ref().is_some_and(Slot::oom_killed)
+    }
+
+    /// Whether the execution filled its private `/tmp` (no free block or no free inode left):
+    /// the runtime's own observation of E3003, whatever the controller did with the error.
+    pub fn temp_full(&self) -> bool {
+        self.temp.as_ref().is_some_and(|fd| {
+            nix::sys::statvfs::fstatvfs(fd)
+                .is_ok_and(|st| temp_is_full(st.blocks_free(), st.files_free()))
+        })
     }
 
     /// Whether the child is confined by a cgroup (false: rlimits only).
@@ -521,7 +557,7 @@ impl Zygote {
                 std::io::Error::last_os_error()
             )));
         }
-        if let Err(e) = write_id_maps(pid, &up_r, &down_w) {
+        if let Err(e) = write_id_maps(pid, &up_r, &down_w, sb.id_bases) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -542,7 +578,7 @@ impl Zygote {
             spec,
         };
         let ready = tokio::time::timeout(START_TIMEOUT, async {
-            z.send(&sb.child_bpf, None)?;
+            z.send(&sb.child_bpf, &[])?;
             let mut buf = [0u8; 8];
             let n = z
                 .ctl
@@ -579,16 +615,13 @@ impl Zygote {
         Ok(Arc::new(z))
     }
 
-    fn send(&self, data: &[u8], fd: Option<RawFd>) -> Result<(), SandboxError> {
+    fn send(&self, data: &[u8], fds: &[RawFd]) -> Result<(), SandboxError> {
         let _guard = self.send_lock.lock();
         let iov = [IoSlice::new(data)];
-        let fds;
-        let cmsgs: Vec<ControlMessage> = match fd {
-            Some(f) => {
-                fds = [f];
-                vec![ControlMessage::ScmRights(&fds)]
-            }
-            None => vec![],
+        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+            vec![]
+        } else {
+            vec![ControlMessage::ScmRights(fds)]
         };
         sendmsg::<()>(
             self.ctl.get_ref().as_raw_fd(),
@@ -639,66 +672,12 @@ impl Zygote {
     /// Ask for a fresh child; wait until it exists, move it into a cgroup slot with `limits`,
     /// then let it load the controller. The returned child waits for its `execute` frame.
     pub async fn fork_child(&self, sb: &Sandbox) -> Result<Child, SandboxError> {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
-            .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))?;
-        setsockopt(&ours, sockopt::PassCred, &true)
-            .map_err(|e| SandboxError::Setup(format!("SO_PASSCRED: {e}")))?;
-        ours.set_nonblocking(true)
-            .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))?;
-        self.send(b"F", Some(theirs.as_fd().as_raw_fd()))?;
-        drop(theirs);
-        let stream = tokio::net::UnixStream::from_std(ours)
-            .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))?;
-        let hello = tokio::time::timeout(CHILD_TIMEOUT, async {
-            stream
-                .async_io(Interest::READABLE, || {
-                    let mut buf = [0u8; 1];
-                    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-                    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
-                    let msg = recvmsg::<()>(
-                        stream.as_raw_fd(),
-                        &mut iov,
-                        Some(&mut space),
-                        MsgFlags::MSG_CMSG_CLOEXEC,
-                    )
-                    .map_err(std::io::Error::from)?;
-                    let mut pid = None;
-                    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                        if let ControlMessageOwned::ScmCredentials(cred) = c {
-                            pid = Some(cred.pid());
-                        }
-                    }
-                    Ok((msg.bytes, pid))
-                })
-                .await
-        })
-        .await;
-        let pid = match hello {
-            Ok(Ok((1, Some(pid)))) if pid > 1 => pid,
-            Ok(Ok(_)) | Ok(Err(_)) => {
-                self.is_alive();
-                return Err(SandboxError::ZygoteGone(
-                    "the zygote's child ended before it was ready".into(),
-                ));
-            }
-            Err(_) => {
-                return Err(SandboxError::Setup(
-                    "the zygote's child did not start in time".into(),
-                ))
-            }
-        };
-        let _ = setsockopt(&stream, sockopt::PassCred, &false);
-        let slot = match &sb.cgroups {
+        // The slot and its limits first: on v1 the child moves itself in (see
+        // `Slot::self_attach_fds`) before it says hello.
+        let mut slot = match &sb.cgroups {
             Some(pool) => {
                 let mut slot = pool.take()?;
-                let placed = slot
-                    .set_limits(&self.spec.limits)
-                    .and_then(|()| slot.place(pid));
-                if let Err(e) = placed {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                if let Err(e) = slot.set_limits(&self.spec.limits) {
                     pool.give_back(slot);
                     return Err(e);
                 }
@@ -706,9 +685,114 @@ impl Zygote {
             }
             None => None,
         };
+        let give_back = |slot: Option<Slot>| {
+            if let (Some(s), Some(pool)) = (slot, &sb.cgroups) {
+                pool.give_back(s);
+            }
+        };
+        let attach = slot.as_mut().map(Slot::self_attach_fds).unwrap_or_default();
+        let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                give_back(slot);
+                return Err(SandboxError::Setup(format!("execution socket: {e}")));
+            }
+        };
+        let prepared = setsockopt(&ours, sockopt::PassCred, &true)
+            .map_err(|e| SandboxError::Setup(format!("SO_PASSCRED: {e}")))
+            .and_then(|()| {
+                ours.set_nonblocking(true)
+                    .map_err(|e| SandboxError::Setup(format!("execution socket: {e}")))
+            })
+            .and_then(|()| {
+                let mut fds = vec![theirs.as_fd().as_raw_fd()];
+                fds.extend(&attach);
+                self.send(b"F", &fds)
+            });
+        drop(theirs);
+        if let Err(e) = prepared {
+            give_back(slot);
+            return Err(e);
+        }
+        let stream = match tokio::net::UnixStream::from_std(ours) {
+            Ok(s) => s,
+            Err(e) => {
+                give_back(slot);
+                return Err(SandboxError::Setup(format!("execution socket: {e}")));
+            }
+        };
+        let hello = tokio::time::timeout(CHILD_TIMEOUT, async {
+            stream
+                .async_io(Interest::READABLE, || {
+                    let mut buf = [0u8; 1];
+                    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+                    let mut space = nix::cmsg_space!(nix::sys::socket::UnixCredentials, [RawFd; 1]);
+                    let msg = recvmsg::<()>(
+                        stream.as_raw_fd(),
+                        &mut iov,
+                        Some(&mut space),
+                        MsgFlags::MSG_CMSG_CLOEXEC,
+                    )
+                    .map_err(std::io::Error::from)?;
+                    let (mut pid, mut temp) = (None, None);
+                    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                        match c {
+                            ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                            ControlMessageOwned::ScmRights(fds) => {
+                                for fd in fds {
+                                    // SAFETY: the kernel just gave us this descriptor
+                                    // (MSG_CMSG_CLOEXEC); nothing else owns it.
+                                    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                                    if temp.is_none() {
+                                        temp = Some(owned);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok((msg.bytes, pid, temp))
+                })
+                .await
+        })
+        .await;
+        let (pid, temp) = match hello {
+            Ok(Ok((1, Some(pid), temp))) if pid > 1 => (pid, temp),
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                give_back(slot);
+                self.is_alive();
+                return Err(SandboxError::ZygoteGone(
+                    "the zygote's child ended before it was ready".into(),
+                ));
+            }
+            Err(_) => {
+                give_back(slot);
+                return Err(SandboxError::Setup(
+                    "the zygote's child did not start in time".into(),
+                ));
+            }
+        };
+        let _ = setsockopt(&stream, sockopt::PassCred, &false);
+        // The child is let go only once it is in its slot in every hierarchy: it moved itself
+        // (v1), or the runtime moves it now.
+        if let Some(s) = &slot {
+            let placed = if !attach.is_empty() && s.holds(pid) {
+                Ok(())
+            } else {
+                s.place(pid)
+            };
+            if let Err(e) = placed {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                give_back(slot);
+                return Err(e);
+            }
+        }
         let mut child = Child {
             stream,
-            confined: Confined { pid, slot },
+            confined: Confined { pid, slot, temp },
         };
         if let Err(e) = child.stream.write_all(b"G").await {
             child.confined.kill();
@@ -736,23 +820,56 @@ impl Drop for Zygote {
     }
 }
 
-/// Host uid/gid that uid/gid 0 of the sandbox's user namespace maps to (65536 ids).
+/// Default host uid/gid that uid/gid 0 of the sandbox's user namespace maps to (65536 ids),
+/// used when neither `MAGIC_SANDBOX_ID_BASE` nor `/etc/subuid`/`/etc/subgid` give a range.
 pub const USERNS_HOST_BASE: u32 = 100_000;
+/// How many ids the sandbox's user namespace maps.
+pub const USERNS_IDS: u32 = 65_536;
 
-/// `uid_map`/`gid_map` content: ids 0..65536 inside → `USERNS_HOST_BASE`.. on the host.
-pub fn id_map() -> String {
-    format!("0 {USERNS_HOST_BASE} 65536\n")
+/// `uid_map`/`gid_map` content: ids 0..65536 inside → `base`.. on the host.
+pub fn id_map(base: u32) -> String {
+    format!("0 {base} {USERNS_IDS}\n")
+}
+
+/// The first id of a range of at least [`USERNS_IDS`] ids that `/etc/subuid` or
+/// `/etc/subgid` (`text`) delegates to the user `name` (or to its numeric `uid`).
+pub fn subid_base(text: &str, name: &str, uid: u32) -> Option<u32> {
+    let uid = uid.to_string();
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (owner, start, count) = (f.next()?, f.next()?, f.next()?);
+        if owner != name && owner != uid {
+            return None;
+        }
+        let (start, count) = (
+            start.trim().parse::<u32>().ok()?,
+            count.trim().parse::<u32>().ok()?,
+        );
+        (start > 0 && count >= USERNS_IDS && start.checked_add(USERNS_IDS).is_some())
+            .then_some(start)
+    })
+}
+
+/// Check an explicitly configured base: never host root, and the whole range must exist.
+pub fn valid_id_base(base: u32) -> Result<u32, String> {
+    if base == 0 {
+        return Err("0 would map the sandbox's root to host root".into());
+    }
+    if base.checked_add(USERNS_IDS).is_none() {
+        return Err(format!("{base} + {USERNS_IDS} overflows the id space"));
+    }
+    Ok(base)
 }
 
 /// Wait for the cloned child to enter its user namespace, write its maps, let it continue.
-fn write_id_maps(pid: i32, up: &OwnedFd, down: &OwnedFd) -> Result<(), String> {
+fn write_id_maps(pid: i32, up: &OwnedFd, down: &OwnedFd, ids: (u32, u32)) -> Result<(), String> {
     let mut b = [0u8; 1];
     match nix::unistd::read(up, &mut b) {
         Ok(1) => {}
         _ => return Err("the zygote did not reach its user namespace".into()),
     }
-    for file in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{file}"), id_map())
+    for (file, base) in [("uid_map", ids.0), ("gid_map", ids.1)] {
+        std::fs::write(format!("/proc/{pid}/{file}"), id_map(base))
             .map_err(|e| format!("writing {file}: {e}"))?;
     }
     nix::unistd::write(down, b"g").map_err(|e| format!("releasing the zygote: {e}"))?;
@@ -849,7 +966,37 @@ mod tests {
 
     #[test]
     fn the_user_namespace_maps_root_away_from_host_root() {
-        assert_eq!(id_map(), "0 100000 65536\n");
+        assert_eq!(id_map(USERNS_HOST_BASE), "0 100000 65536\n");
+        assert_eq!(id_map(231072), "0 231072 65536\n");
+        assert!(valid_id_base(0).is_err());
+        assert!(valid_id_base(u32::MAX - 10).is_err());
+        assert_eq!(valid_id_base(200_000), Ok(200_000));
+    }
+
+    #[test]
+    fn subordinate_id_ranges() {
+        let text = "alice:100000:65536\nroot:231072:65536\n";
+        let cases = [
+            (text, "root", 0, Some(231072)),
+            (text, "alice", 1000, Some(100000)),
+            (text, "bob", 1001, None),
+            ("0:300000:70000\n", "root", 0, Some(300000)),
+            ("root:300000:1000\n", "root", 0, None), // too small
+            ("root:0:65536\n", "root", 0, None),     // host root
+            ("root:x:65536\n# comment\n", "root", 0, None),
+            ("root:4294967000:65536\n", "root", 0, None), // overflows
+            ("", "root", 0, None),
+        ];
+        for (text, name, uid, want) in cases {
+            assert_eq!(subid_base(text, name, uid), want, "{text:?} {name}");
+        }
+    }
+
+    #[test]
+    fn a_temp_dir_is_full_without_blocks_or_inodes() {
+        assert!(temp_is_full(0, 100));
+        assert!(temp_is_full(100, 0));
+        assert!(!temp_is_full(1, 1));
     }
 
     #[test]

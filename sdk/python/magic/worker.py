@@ -1,8 +1,10 @@
 """The worker: the controller side of the worker protocol (``docs/protocol.md``).
 
 Owns: loading ``controller.py`` from a package folder, reading the ``execute`` frame, running
-``async execute(self, input)`` under asyncio while a reader task resolves ``reply`` frames,
-capturing ``print()``/stdout/stderr/``logging`` as ``log`` frames, and writing exactly one
+``async execute(self, input)`` — under asyncio while a reader task resolves ``reply`` frames
+when the controller imports ``asyncio``, otherwise driven directly without an event loop (each
+capability call answered synchronously over the socket; a lazy ``import asyncio`` inside
+``execute`` gets a running loop and the coroutine continues in it) — capturing ``print()``/stdout/stderr/``logging`` as ``log`` frames, and writing exactly one
 ``result`` frame per execution.
 
 Must never: send anything after the ``result`` frame, wait for a runtime that has closed the
@@ -28,20 +30,18 @@ Exit status: 0 a result was sent; 1 a bug in the worker; 2 the runtime broke the
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-import inspect
 import os
 import select
 import socket
 import sys
 import threading
 import time
-import traceback
+import types
 from typing import Any, Dict, List, Optional, Tuple, Type
 
 from . import _protocol, _stdio
-from ._channel import Channel
+from ._channel import Channel, DirectChannel, read_frame
 from .controller import Controller, ExecutionContext, controller_classes
 from .errors import CapabilityError
 
@@ -124,7 +124,11 @@ def load_controller(package_dir: str) -> Type[Controller]:
     # for modules the controller imports later). This process serves only this controller.
     sys.dont_write_bytecode = True
     try:
-        spec.loader.exec_module(module)
+        code = _precompiled.pop(os.path.join(package_dir, "controller.py"), None)
+        if code is None:
+            spec.loader.exec_module(module)
+        else:
+            exec(code, vars(module))
     except BaseException as exc:  # SyntaxError, ImportError, SystemExit at import time…
         sys.modules.pop(_MODULE_NAME, None)
         raise ControllerLoadError(
@@ -140,11 +144,43 @@ def load_controller(package_dir: str) -> Type[Controller]:
     execute = getattr(cls, "execute", None)
     if execute is Controller.execute:
         raise ControllerLoadError("%s does not define execute(self, input)" % cls.__name__)
-    if not inspect.iscoroutinefunction(execute):
+    if not _is_coroutine_function(execute):
         raise ControllerLoadError(
             "%s.execute must be a coroutine: write `async def execute(self, input)`" % cls.__name__
         )
     return cls
+
+
+_precompiled: Dict[str, Any] = {}
+
+
+def precompile_controller(package_dir: str) -> None:
+    """Compile ``<package_dir>/controller.py`` to a code object without running it.
+
+    A zygote calls this once; every forked child's :func:`load_controller` then executes the
+    code object instead of parsing the source again. Compiling runs none of the controller's
+    code. Errors are left for :func:`load_controller` to report.
+    """
+    path = os.path.join(os.path.abspath(package_dir), "controller.py")
+    try:
+        with open(path, "rb") as f:
+            source = f.read()
+        _precompiled[path] = compile(source, path, "exec", dont_inherit=True)
+    except BaseException:  # SyntaxError, OSError…: load_controller reports it
+        _precompiled.pop(path, None)
+
+
+_CO_COROUTINE = 0x80
+
+
+def _is_coroutine_function(func: Any) -> bool:
+    """``inspect.iscoroutinefunction`` without importing ``inspect`` for a plain ``async def``."""
+    code = getattr(func, "__code__", None)
+    if code is not None and code.co_flags & _CO_COROUTINE:
+        return True
+    import inspect  # wrapped or unusual callables only
+
+    return inspect.iscoroutinefunction(func)
 
 
 # ---- output capture ------------------------------------------------------------------------
@@ -200,7 +236,7 @@ def _fatal(message: str) -> None:
 # ---- one execution -------------------------------------------------------------------------
 
 
-def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException] = None) -> int:
+def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException] = None, *, watchdog: bool = True) -> int:
     """Serve one execution on ``sock`` (a connected ``AF_UNIX`` stream socket) and return the
     exit status (:data:`EXIT_OK` once the result frame is sent).
 
@@ -209,14 +245,20 @@ def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_
     ``None``), the execution fails with ``E5001`` describing why the controller could not be
     loaded. ``sock`` is closed on return. Never raises for anything the controller or the
     runtime does.
+
+    ``watchdog=False`` (the sandbox's zygote children) starts no watchdog thread: there the
+    runtime's end of the zygote's control socket closing ends the zygote, which is PID 1 of
+    its PID namespace, so the kernel kills every child with it — no thread, no wake-up every
+    half second in each waiting child.
     """
     install_output_capture()
     served = threading.Event()
-    _start_watchdog(sock, served)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    if watchdog:
+        _start_watchdog(sock, served)
     try:
-        return loop.run_until_complete(_serve(sock, controller_cls, load_error))
+        if "asyncio" in sys.modules:
+            return _serve_in_loop(sock, controller_cls, load_error)
+        return _serve_direct(sock, controller_cls, load_error)
     finally:
         served.set()
         if _capture is not None:
@@ -225,6 +267,17 @@ def serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_
             sock.close()
         except OSError:
             pass
+
+
+def _serve_in_loop(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException]) -> int:
+    """The controller uses asyncio: serve in a new event loop (calls run concurrently)."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(_serve(sock, controller_cls, load_error))
+    finally:
         try:
             loop.close()
         except RuntimeError:
@@ -263,8 +316,10 @@ def _start_watchdog(sock: socket.socket, served: threading.Event) -> None:
     threading.Thread(target=watch, name="magic-watchdog", daemon=True).start()
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> Optional[Dict[str, Any]]:
+async def _read_frame(reader: "asyncio.StreamReader") -> Optional[Dict[str, Any]]:
     """Next frame from the runtime; ``None`` at a clean end of stream."""
+    import asyncio
+
     try:
         header = await reader.readexactly(_protocol.HEADER_SIZE)
     except asyncio.IncompleteReadError as exc:
@@ -311,6 +366,8 @@ def _parse_execute(frame: Dict[str, Any]) -> Dict[str, Any]:
 
 
 async def _serve(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException]) -> int:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     try:
         reader, writer = await asyncio.open_unix_connection(sock=sock)
@@ -386,6 +443,8 @@ async def _serve(sock: socket.socket, controller_cls: Optional[Type[Controller]]
 
 async def _invoke(controller_cls, load_error, context: ExecutionContext, input: Any) -> Tuple[bool, Any]:
     """Run the controller; ``(True, output)`` or ``(False, exception)``. Only cancellation escapes."""
+    import asyncio
+
     if controller_cls is None:
         return False, load_error or ControllerLoadError("no controller class")
     try:
@@ -399,7 +458,7 @@ async def _invoke(controller_cls, load_error, context: ExecutionContext, input: 
     return True, output
 
 
-async def _read_replies(reader: asyncio.StreamReader, channel: Channel) -> Tuple[str, str]:
+async def _read_replies(reader: "asyncio.StreamReader", channel: Channel) -> Tuple[str, str]:
     """Hand every ``reply`` to the channel until the stream ends or breaks the protocol.
 
     Returns ``("eof", reason)`` or ``("violation", reason)``.
@@ -414,6 +473,212 @@ async def _read_replies(reader: asyncio.StreamReader, channel: Channel) -> Tuple
             channel.deliver_reply(frame)
         except _protocol.ProtocolViolation as exc:
             return "violation", str(exc)
+
+
+# ---- without an event loop ----------------------------------------------------------------
+
+
+def _serve_direct(sock: socket.socket, controller_cls: Optional[Type[Controller]], load_error: Optional[BaseException]) -> int:
+    """The controller does not use asyncio: drive ``execute`` directly on the blocking socket."""
+    try:
+        sock.setblocking(True)
+        first = read_frame(sock)
+        if first is None:
+            _fatal("the runtime closed the socket before sending an execute frame")
+            return EXIT_DISCONNECTED
+        execute = _parse_execute(first)
+    except _protocol.ProtocolViolation as exc:
+        _fatal("protocol violation from the runtime: %s" % exc)
+        return EXIT_PROTOCOL
+    except OSError as exc:
+        _fatal("cannot use the runtime socket: %s" % exc)
+        return EXIT_DISCONNECTED
+    started = time.monotonic()
+    channel = DirectChannel(sock)
+    context = ExecutionContext(
+        channel,
+        execute["request_id"],
+        controller=execute["controller"],
+        version=execute["version"],
+        timeout_ms=execute["timeout_ms"],
+        temp_dir=execute["temp_dir"],
+        started=started,
+    )
+    if execute["temp_dir"]:
+        import tempfile  # only when fs:temp is declared: importing it costs a few ms
+
+        tempfile.tempdir = execute["temp_dir"]
+        os.environ["TMPDIR"] = execute["temp_dir"]
+    if _capture is not None:
+        _capture[0].attach(channel.log)
+
+    ok, value = _run_direct(controller_cls, load_error, context, execute["input"], channel)
+
+    if channel.violation is not None:
+        _fatal("protocol violation from the runtime: %s" % channel.violation)
+        return EXIT_PROTOCOL
+    if channel.lost is not None:
+        _fatal("%s; no result was sent" % channel.lost)
+        return EXIT_DISCONNECTED
+    result = _result_frame(ok, value)
+    _flush_capture()
+    if not channel.send_result(result):
+        _fatal("the runtime closed the socket before the result could be sent")
+        return EXIT_DISCONNECTED
+    return EXIT_OK
+
+
+def warm_up(controller_cls: Optional[Type[Controller]] = None) -> None:
+    """Run the SDK's own steps of an execution once, on dummy data, before the request.
+
+    For a pre-forked child (the sandbox's spares): the first run of any code after ``fork``
+    copies the memory pages whose reference counts it touches; doing the SDK's part (decode and
+    check an ``execute`` frame, build the context, encode a result) while the child waits moves
+    those copies out of the request. Only what a request does anyway (each extra step would
+    copy pages of its own). Runs **no controller code** (``controller_cls`` is not used, it is
+    accepted for future use). Never raises.
+    """
+    try:
+        execute = _parse_execute(_protocol.decode_body(
+            b'{"type":"execute","request_id":"warm-up","controller":"","version":"",'
+            b'"input":{},"timeout_ms":1,"temp_dir":null}'))
+        ExecutionContext(DirectChannel(None), execute["request_id"], controller=execute["controller"],
+                         version=execute["version"], timeout_ms=execute["timeout_ms"],
+                         temp_dir=execute["temp_dir"], started=time.monotonic())
+        _result_frame(True, execute["input"])
+    except Exception:  # a warm-up never fails an execution
+        pass
+
+
+def _run_direct(controller_cls, load_error, context: ExecutionContext, input: Any, channel: DirectChannel) -> Tuple[bool, Any]:
+    """Run the controller without an event loop; ``(True, output)`` or ``(False, exception)``.
+
+    Capability calls complete synchronously, so a controller that awaits only them finishes
+    in one step. If it suspends on anything else (it imported asyncio inside ``execute``, or
+    awaits a foreign awaitable), the coroutine continues in an asyncio event loop.
+    """
+    if controller_cls is None:
+        return False, load_error or ControllerLoadError("no controller class")
+    hook = _AsyncioImportHook()
+    sys.meta_path.insert(0, hook)
+    try:
+        try:
+            instance = controller_cls()
+            instance._magic_bind(context)
+            coro = instance.execute(input)
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return True, stop.value
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt are controller failures too
+            return False, exc
+        if channel.violation is not None or channel.lost is not None:
+            coro.close()  # the execution ends without a result; nothing left to wait for
+            return False, RuntimeError("the execution was abandoned")
+        return _continue_in_loop(coro, pending, hook)
+    finally:
+        hook.remove()
+
+
+def _continue_in_loop(coro: Any, pending: Any, hook: "_AsyncioImportHook") -> Tuple[bool, Any]:
+    """Finish a coroutine that suspended on ``pending`` in an asyncio event loop."""
+    import asyncio
+
+    loop = hook.take_loop() or asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def finish() -> Any:
+        return await _resume(coro, pending)
+
+    try:
+        return True, loop.run_until_complete(finish())
+    except BaseException as exc:
+        return False, exc
+    finally:
+        try:
+            loop.close()
+        except RuntimeError:
+            pass
+
+
+@types.coroutine
+def _resume(coro: Any, pending: Any) -> Any:
+    """Delegate to ``coro``, which already yielded ``pending`` (a manual ``yield from``)."""
+    while True:
+        try:
+            value = yield pending
+        except BaseException as exc:  # thrown in by the task (e.g. cancellation)
+            try:
+                pending = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                pending = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+class _AsyncioImportHook:
+    """While ``execute`` runs without an event loop: when it imports ``asyncio``, give this
+    thread a running event loop right after the import, so ``asyncio.sleep()``,
+    ``asyncio.gather()``… work; the coroutine then continues in that loop."""
+
+    def __init__(self) -> None:
+        self._loop: Any = None
+        self._installed = True
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "asyncio":
+            return None
+        self.remove()
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return None
+        spec.loader = _LoopAfterImport(spec.loader, self)
+        return spec
+
+    def loaded(self, module: Any) -> None:
+        loop = module.new_event_loop()
+        module.set_event_loop(loop)
+        module.events._set_running_loop(loop)
+        self._loop = loop
+
+    def take_loop(self) -> Any:
+        """The loop made at import (no longer marked running), or ``None``."""
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            sys.modules["asyncio"].events._set_running_loop(None)
+        return loop
+
+    def remove(self) -> None:
+        if self._installed:
+            self._installed = False
+            try:
+                sys.meta_path.remove(self)
+            except ValueError:
+                pass
+        loop = self.take_loop()
+        if loop is not None:
+            loop.close()
+
+
+class _LoopAfterImport:
+    """The real loader of ``asyncio``, followed by :meth:`_AsyncioImportHook.loaded`."""
+
+    def __init__(self, loader: Any, hook: _AsyncioImportHook) -> None:
+        self._loader = loader
+        self._hook = hook
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        self._hook.loaded(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 # ---- result frames -------------------------------------------------------------------------
@@ -483,6 +748,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _format_tb(exc: BaseException) -> str:
+    import traceback  # only on failures
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if len(text) > MAX_TRACEBACK:
         text = "…[truncated]\n" + text[-MAX_TRACEBACK:]

@@ -183,6 +183,50 @@ class WorkerTest(unittest.TestCase):
                                             "ct": "application/json", "json": {"id": "in_1"}})
         self.assert_clean_exit(runtime)
 
+    # ---- without an event loop (the controller does not import asyncio) ----
+
+    def test_a_controller_without_asyncio_runs_without_an_event_loop(self):
+        runtime = self.start("""
+            import sys
+            from magic import Controller, contract
+
+            @contract("./contract.yaml")
+            class Plain(Controller):
+                async def execute(self, input):
+                    a = await self.secrets.get("A")
+                    try:
+                        await self.cache.get("k")
+                    except Exception as exc:
+                        b = type(exc).__name__
+                    return {"a": a, "b": b, "asyncio": "asyncio" in sys.modules}
+        """)
+        def answer(call):
+            if call["capability"] == "secrets":
+                return ok("s3cret")
+            return fail("E2006", "denied", {"allow_with": "cache:read"})
+        result, frames = runtime.run({}, answer=answer)
+        self.assertEqual(result["output"], {"a": "s3cret", "b": "CacheDenied", "asyncio": False})
+        self.assertEqual([f["id"] for f in frames], [1, 2])
+        self.assert_clean_exit(runtime)
+
+    def test_asyncio_imported_inside_execute_gets_a_running_loop(self):
+        runtime = self.start("""
+            from magic import Controller, contract
+
+            @contract("./contract.yaml")
+            class Lazy(Controller):
+                async def execute(self, input):
+                    import asyncio
+                    await asyncio.sleep(0.01)
+                    a, b = await asyncio.gather(self.secrets.get("A"), self.secrets.get("B"))
+                    await asyncio.sleep(0)
+                    return {"a": a, "b": b}
+        """)
+        result, frames = runtime.run({}, answer=lambda call: ok("v-" + call["args"]["key"]))
+        self.assertEqual(result["output"], {"a": "v-A", "b": "v-B"})
+        self.assertEqual(len(frames), 2)
+        self.assert_clean_exit(runtime)
+
     # ---- capability errors ----
 
     def test_capability_error_caught_by_the_controller(self):

@@ -77,6 +77,45 @@ class ZygoteTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, err)
         self.assertEqual(out, b"")
 
+    def test_warm_up_runs_no_controller_code_and_leaves_no_trace(self):
+        package = make_package(self, """
+            import os
+            from magic import Controller, contract
+
+            def _mark(what):
+                with open(os.environ["MARK"], "a") as f:
+                    f.write(what)
+
+            @contract("./contract.yaml")
+            class Marked(Controller):
+                def __init__(self, *args, **kwargs):
+                    _mark("init ")
+                    super().__init__(*args, **kwargs)
+
+                async def execute(self, input):
+                    _mark("execute ")
+                    return {}
+        """)
+        mark = package + "/mark"
+        script = """
+import os, sys
+sys.path[:0] = [%r]
+from magic import worker
+cls = worker.load_controller(os.environ["PACKAGE"])
+before = list(sys.meta_path)
+worker.warm_up(cls)
+worker.warm_up(None)
+assert sys.meta_path == before, sys.meta_path
+assert "asyncio" not in sys.modules
+assert not os.path.exists(os.environ["MARK"]), open(os.environ["MARK"]).read()
+""" % SDK_DIR
+        proc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", script],
+            env={"PACKAGE": package, "MARK": mark, "PATH": "/usr/bin:/bin"},
+            capture_output=True, timeout=TIMEOUT,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
