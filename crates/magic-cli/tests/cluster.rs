@@ -754,6 +754,62 @@ async fn nginx_rate_limits_per_client_with_the_envelope() {
     node.stop();
 }
 
+/// Behind nginx, with the nodes trusting its `X-Forwarded-For` (as `deploy/` sets them up), one
+/// client's failed authentications use up only that client's budget: another client through the
+/// same nginx still gets in.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentications_are_counted_per_client_behind_nginx() {
+    for tool in ["nginx", "openssl"] {
+        if !have(tool) {
+            eprintln!("SKIPPED: {tool} is not installed (.ci/run installs it)");
+            return;
+        }
+    }
+    let node = Server::start(&[
+        ("CONTROLLER_EXECUTION_MODE", "inline"),
+        ("MAGIC_TRUSTED_PROXIES", "127.0.0.1"),
+        ("MAGIC_AUTH_FAILURE_LIMIT", "3/min"),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = node.url.trim_start_matches("http://").to_string();
+    let nginx = start_nginx(&tmp.path().join("nginx"), &[&addr], ("100r/s", "100"));
+    // Two clients on different loopback addresses, both through nginx on 127.0.0.1.
+    let from = |ip: [u8; 4]| {
+        let pem = std::fs::read(tmp.path().join("nginx/ca.pem")).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .local_address(std::net::IpAddr::from(ip))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    };
+    let (attacker, other) = (from([127, 0, 0, 2]), from([127, 0, 0, 3]));
+    let list = |c: &reqwest::Client, key: &str| {
+        c.get(format!("{}/api/admin/controllers", nginx.https))
+            .header("x-api-key", key)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let resp = list(&attacker, &format!("wrong-key-{i}")).await.unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429], "the attacker's budget");
+    let locked = list(&attacker, ADMIN_KEY).await.unwrap();
+    assert_eq!(locked.status(), 429, "even the right key, from that client");
+    assert!(locked.headers().contains_key("retry-after"));
+    let body: serde_json::Value = locked.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "E4003");
+    let ok = list(&other, ADMIN_KEY).await.unwrap();
+    assert_eq!(
+        ok.status(),
+        200,
+        "another client behind the same nginx is not locked out"
+    );
+    drop(nginx);
+    node.stop();
+}
+
 /// Execute `Slow` (sleeping `secs`) on `node`: (status, error code).
 async fn slow(client: &reqwest::Client, node: &str, secs: u64) -> (u16, String) {
     let resp = client
