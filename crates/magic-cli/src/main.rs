@@ -387,6 +387,9 @@ struct ServeArgs {
     /// Executions in flight per controller.
     #[arg(long, env = "CONTROLLER_MAX_CONCURRENT", default_value_t = magic_runtime::config::DEFAULT_MAX_CONCURRENT)]
     max_concurrent: usize,
+    /// WASM instances alive at once across all controllers (pooled slots); beyond it E3004.
+    #[arg(long, env = "MAGIC_WASM_MAX_INSTANCES", default_value_t = magic_runtime::wasm::DEFAULT_MAX_INSTANCES)]
+    wasm_max_instances: u32,
     /// Isolation mode: `process` (sandboxed, the default) or `inline` (development only, not
     /// isolated).
     #[arg(long, env = "CONTROLLER_EXECUTION_MODE", default_value = "process")]
@@ -1225,6 +1228,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .ok()
         .filter(|s| !s.is_empty());
     config.max_concurrent = args.max_concurrent;
+    config.wasm_max_instances = args.wasm_max_instances;
     config.execution_mode = execution_mode;
     config.max_body_bytes = args.max_body_bytes;
     config.python = args.python;

@@ -344,3 +344,61 @@ async fn compiled_code_is_loaded_from_the_cache_after_a_restart() {
         mtime
     );
 }
+
+/// `MAGIC_WASM_MAX_INSTANCES` bounds the instances alive at once: with one slot taken by a
+/// spinning controller another execution gets 429 E3004, and once the slot is free it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instance_pool_size_is_a_setting_and_a_full_pool_answers_e3004() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let server = Server::start(&[("MAGIC_WASM_MAX_INSTANCES", "1")]);
+    deploy(&server, &hello_package(t));
+    let spin = wat_package(
+        t,
+        "WasmSpin",
+        "capabilities: []\nresources:\n  timeout: 2s\n  memory: 16Mi\n",
+        "",
+        r#"(func (export "execute") (param i32 i32) (result i32) (loop $l (br $l)) unreachable)"#,
+    );
+    deploy(&server, &spin);
+    let (status, _, body) = server.post("/api/execute/WasmHello", r#"{"n":1}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let client = server.client();
+    let url = format!("{}/api/execute/WasmSpin", server.url);
+    let spinning = tokio::spawn(async move {
+        client
+            .post(url)
+            .header("x-api-key", common::ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (status, _, body) = server.post("/api/execute/WasmHello", r#"{"n":2}"#).await;
+    assert_eq!(status, 429, "the one slot is taken: {body}");
+    assert_eq!(body["error"]["code"], "E3004", "{body}");
+    let spun = spinning.await.unwrap();
+    assert_eq!(spun["error"]["code"], "E3001", "{spun}");
+    let (status, _, body) = server.post("/api/execute/WasmHello", r#"{"n":3}"#).await;
+    assert_eq!(status, 200, "the slot is free again: {body}");
+
+    // Outside 1..=4096 the server refuses to start and names the setting.
+    let out = std::process::Command::new(common::magic_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(t.join("refused"))
+        .env("MAGIC_WASM_MAX_INSTANCES", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("MAGIC_WASM_MAX_INSTANCES"), "{text}");
+}

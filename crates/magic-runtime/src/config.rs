@@ -72,6 +72,9 @@ pub struct ServeConfig {
     pub max_concurrent: usize,
     /// `CONTROLLER_EXECUTION_MODE`.
     pub execution_mode: ExecutionMode,
+    /// `MAGIC_WASM_MAX_INSTANCES`: WASM instances alive at once across all controllers (the
+    /// pooling allocator's slots); beyond it executions get E3004.
+    pub wasm_max_instances: u32,
     /// Largest execute request body.
     pub max_body_bytes: usize,
     /// Python interpreter (`MAGIC_PYTHON`, else `python3` on PATH).
@@ -141,6 +144,7 @@ impl ServeConfig {
             admin_api_key: None,
             max_concurrent: DEFAULT_MAX_CONCURRENT,
             execution_mode: ExecutionMode::Process,
+            wasm_max_instances: crate::wasm::DEFAULT_MAX_INSTANCES,
             max_body_bytes: DEFAULT_MAX_BODY,
             python: None,
             allow_degraded_isolation: false,
@@ -163,6 +167,17 @@ impl ServeConfig {
             return Err(ConfigError::Invalid {
                 setting: "CONTROLLER_MAX_CONCURRENT",
                 reason: format!("{} is outside 1..=10000", self.max_concurrent),
+            });
+        }
+        if self.wasm_max_instances == 0 || self.wasm_max_instances > crate::wasm::MAX_MAX_INSTANCES
+        {
+            return Err(ConfigError::Invalid {
+                setting: "MAGIC_WASM_MAX_INSTANCES",
+                reason: format!(
+                    "{} is outside 1..={} (each slot reserves address space for a 4 GiB memory)",
+                    self.wasm_max_instances,
+                    crate::wasm::MAX_MAX_INSTANCES
+                ),
             });
         }
         if let Some(key) = &self.admin_api_key {
@@ -374,6 +389,15 @@ mod tests {
         let base = ServeConfig::new("/tmp/x".into());
         assert!(base.validate().is_ok());
         let mut c = base.clone();
+        c.max_concurrent = 0;
+        assert!(c.validate().is_err());
+        c.max_concurrent = 1;
+        c.wasm_max_instances = 0;
+        assert!(c.validate().is_err());
+        c.wasm_max_instances = crate::wasm::MAX_MAX_INSTANCES + 1;
+        assert!(c.validate().is_err());
+        c.wasm_max_instances = crate::wasm::MAX_MAX_INSTANCES;
+        assert!(c.validate().is_ok());
         c.max_concurrent = 0;
         assert!(c.validate().is_err());
         let mut c = base.clone();

@@ -159,9 +159,13 @@ impl Executor {
         }
     }
 
-    /// Run WASM controllers, caching their compiled code in `cache_dir`.
-    pub fn with_wasm(mut self, cache_dir: PathBuf) -> Self {
-        self.wasm = Some(Arc::new(crate::wasm::WasmMode::new(cache_dir)));
+    /// Run WASM controllers, caching their compiled code in `cache_dir`, with at most
+    /// `max_instances` alive at once.
+    pub fn with_wasm(mut self, cache_dir: PathBuf, max_instances: u32) -> Self {
+        self.wasm = Some(Arc::new(crate::wasm::WasmMode::new(
+            cache_dir,
+            max_instances,
+        )));
         self
     }
 

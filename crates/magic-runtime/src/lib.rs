@@ -266,7 +266,7 @@ impl Runtime {
             .map_err(StartError::Sandbox)?;
         let executor = Executor::new(python, sdk_dir, broker.clone(), metrics.clone())
             .with_sandbox(sandbox, config.max_concurrent)
-            .with_wasm(runtime_dir.join("wasm-cache"));
+            .with_wasm(runtime_dir.join("wasm-cache"), config.wasm_max_instances);
         if let Some(hook) = executor.warm_hook() {
             registry.set_warm_hook(hook);
         }

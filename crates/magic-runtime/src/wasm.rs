@@ -22,22 +22,28 @@ use crate::metrics::Metrics;
 use crate::protocol::WireError;
 use crate::registry::DeployedVersion;
 
-/// WASM instances that may exist at once across all controllers (the pooling allocator's
-/// slots; each reserves address space for a 4 GiB memory). Beyond it executions get E3004.
-pub const MAX_INSTANCES: u32 = 128;
+/// Default of `MAGIC_WASM_MAX_INSTANCES`: WASM instances that may exist at once across all
+/// controllers (the pooling allocator's slots). Beyond it executions get E3004.
+pub const DEFAULT_MAX_INSTANCES: u32 = 128;
+/// Largest accepted `MAGIC_WASM_MAX_INSTANCES`: each slot reserves address space for a 4 GiB
+/// memory plus guard pages, and x86-64 user space is 128 TiB.
+pub const MAX_MAX_INSTANCES: u32 = 4096;
 
 /// The engine and the prepared versions.
 pub struct WasmMode {
     cache_dir: PathBuf,
+    max_instances: u32,
     engine: OnceLock<Result<Arc<Engine>, String>>,
     prepared: Mutex<HashMap<String, Arc<Controller>>>,
 }
 
 impl WasmMode {
-    /// WASM support caching compiled code in `cache_dir`; the engine starts on first use.
-    pub fn new(cache_dir: PathBuf) -> WasmMode {
+    /// WASM support caching compiled code in `cache_dir`, with at most `max_instances`
+    /// instances alive at once; the engine starts on first use.
+    pub fn new(cache_dir: PathBuf, max_instances: u32) -> WasmMode {
         WasmMode {
             cache_dir,
+            max_instances,
             engine: OnceLock::new(),
             prepared: Mutex::new(HashMap::new()),
         }
@@ -49,7 +55,7 @@ impl WasmMode {
             .get_or_init(|| {
                 Engine::new(EngineConfig {
                     cache_dir: self.cache_dir.clone(),
-                    max_instances: MAX_INSTANCES,
+                    max_instances: self.max_instances,
                     fuel: None,
                 })
                 .map_err(|e| e.to_string())

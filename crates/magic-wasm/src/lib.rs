@@ -307,6 +307,10 @@ impl Drop for Engine {
     }
 }
 
+/// Core instances (and tables) one controller instance may use: its module plus the shims
+/// `wit-component` adds.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 4;
+
 /// Bytes of each pooled memory, table and stack slot kept resident (zeroed with memset)
 /// when an instance is dropped.
 const KEEP_RESIDENT: usize = 256 << 10;
@@ -319,10 +323,13 @@ fn build_engine(config: &EngineConfig, pooling: bool) -> Result<wasmtime::Engine
     if pooling {
         let n = config.max_instances.max(1);
         let mut pool = wasmtime::PoolingAllocationConfig::default();
+        // A componentized core module instantiates a few core instances and tables of its
+        // own (the adapter's shim and fixup modules) next to the controller's one memory.
+        let inner = n.saturating_mul(CORE_INSTANCES_PER_COMPONENT);
         pool.total_component_instances(n)
-            .total_core_instances(n)
+            .total_core_instances(inner)
             .total_memories(n)
-            .total_tables(n)
+            .total_tables(inner)
             .total_stacks(n)
             // A freed slot's first pages are zeroed in place rather than returned with
             // madvise: no page faults on the next instance and no TLB-shootdown IPIs across
