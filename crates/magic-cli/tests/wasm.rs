@@ -325,11 +325,12 @@ async fn compiled_code_is_loaded_from_the_cache_after_a_restart() {
         .unwrap();
     server.stop();
 
-    // Loaded versions are prepared at their first execution after a start: from the cache.
+    // Active versions are prepared at start, before any request: from the cache.
     let server = Server::start_in(&data, &[]);
+    assert!(server.wait_log(&["wasm_cache_hit"]).is_some());
+    assert!(server.wait_log(&["versions_warmed"]).is_some());
     let (status, _, body) = server.post("/api/execute/WasmHello", "{}").await;
     assert_eq!(status, 200, "{body}");
-    assert!(server.wait_log(&["wasm_cache_hit"]).is_some());
     assert!(!server
         .logs
         .lock()

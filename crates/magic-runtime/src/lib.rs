@@ -273,7 +273,7 @@ impl Runtime {
         let cluster_slots = broker
             .redis()
             .map(|r| slots::ClusterSlots::new(r, config.slot_lease));
-        Ok(Arc::new(Runtime {
+        let rt = Arc::new(Runtime {
             cluster_slots,
             config,
             store,
@@ -291,7 +291,12 @@ impl Runtime {
             auth_failures,
             admin_key_file,
             node_id: std::sync::OnceLock::new(),
-        }))
+        });
+        // Stored active versions were loaded before the executor existed: prepare them now,
+        // in the background, so the first requests after a restart find them ready.
+        let warming = rt.clone();
+        tokio::spawn(async move { warming.registry.warm_active().await });
+        Ok(rt)
     }
 
     /// Append an audit event; the caller answers only after this returns.

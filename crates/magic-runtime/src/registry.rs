@@ -290,6 +290,36 @@ impl Registry {
         Ok(registry)
     }
 
+    /// Prepare every active version (compile or load its WASM, start its zygote), as after a
+    /// start, so that the first request does not pay for it. A version that fails is logged
+    /// and stays servable: it is prepared again at its first execution.
+    pub async fn warm_active(&self) {
+        let Some(warm) = self.warm.get() else {
+            return;
+        };
+        let active: Vec<Arc<DeployedVersion>> = self
+            .controllers
+            .read()
+            .map(|m| m.values().map(|e| e.active.clone()).collect())
+            .unwrap_or_default();
+        let (mut ready, total) = (0usize, active.len());
+        for version in active {
+            match warm(version.clone()).await {
+                Ok(()) => ready += 1,
+                Err(e) => tracing::warn!(
+                    controller = %version.name, version = %version.version, error = %e.message,
+                    "active version could not be prepared at start; it will be at its first execution"
+                ),
+            }
+        }
+        tracing::info!(
+            event = "versions_warmed",
+            ready,
+            total,
+            "active versions prepared"
+        );
+    }
+
     /// Re-read every controller and version from the store. Versions already loaded (same
     /// name, version and digest) are reused as they are; new ones are loaded from their stored
     /// package. Active versions that changed are warmed (their zygote started) before traffic
