@@ -5,28 +5,9 @@
 
 mod common;
 
-use common::{repo_root, Server};
 use serde_json::{json, Value};
 
-fn deploy(server: &Server, name: &str) {
-    let dir = repo_root().join("examples/controllers/hostile").join(name);
-    let out = server.cli(&["deploy", dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "deploy {name}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn root() -> bool {
-    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: process mode needs root");
-        return false;
-    }
-    true
-}
+use common::{deploy_hostile as deploy, is_root as root, Server};
 
 async fn attack(server: &Server, input: Value) -> Value {
     let (status, _, body) = server

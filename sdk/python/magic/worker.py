@@ -338,6 +338,28 @@ async def _read_frame(reader: "asyncio.StreamReader") -> Optional[Dict[str, Any]
     return _protocol.decode_body(body)
 
 
+def _execution_context(channel: Any, execute: Dict[str, Any], started: float) -> ExecutionContext:
+    """The controller's context for the `execute` frame; points temp files at the execution's
+    temp dir (when `fs:temp` is declared) and sends captured prints to `channel`'s log."""
+    context = ExecutionContext(
+        channel,
+        execute["request_id"],
+        controller=execute["controller"],
+        version=execute["version"],
+        timeout_ms=execute["timeout_ms"],
+        temp_dir=execute["temp_dir"],
+        started=started,
+    )
+    if execute["temp_dir"]:
+        import tempfile  # only when fs:temp is declared: importing it costs a few ms
+
+        tempfile.tempdir = execute["temp_dir"]
+        os.environ["TMPDIR"] = execute["temp_dir"]
+    if _capture is not None:
+        _capture[0].attach(channel.log)
+    return context
+
+
 def _parse_execute(frame: Dict[str, Any]) -> Dict[str, Any]:
     if frame.get("type") != "execute":
         raise _protocol.ProtocolViolation("expected an execute frame first, got %r" % frame.get("type"))
@@ -390,22 +412,7 @@ async def _serve(sock: socket.socket, controller_cls: Optional[Type[Controller]]
     started = time.monotonic()
 
     channel = Channel(writer, loop)
-    context = ExecutionContext(
-        channel,
-        execute["request_id"],
-        controller=execute["controller"],
-        version=execute["version"],
-        timeout_ms=execute["timeout_ms"],
-        temp_dir=execute["temp_dir"],
-        started=started,
-    )
-    if execute["temp_dir"]:
-        import tempfile  # only when fs:temp is declared: importing it costs a few ms
-
-        tempfile.tempdir = execute["temp_dir"]
-        os.environ["TMPDIR"] = execute["temp_dir"]
-    if _capture is not None:
-        _capture[0].attach(channel.log)
+    context = _execution_context(channel, execute, started)
 
     run = loop.create_task(_invoke(controller_cls, load_error, context, execute["input"]))
     replies = loop.create_task(_read_replies(reader, channel))
@@ -495,22 +502,7 @@ def _serve_direct(sock: socket.socket, controller_cls: Optional[Type[Controller]
         return EXIT_DISCONNECTED
     started = time.monotonic()
     channel = DirectChannel(sock)
-    context = ExecutionContext(
-        channel,
-        execute["request_id"],
-        controller=execute["controller"],
-        version=execute["version"],
-        timeout_ms=execute["timeout_ms"],
-        temp_dir=execute["temp_dir"],
-        started=started,
-    )
-    if execute["temp_dir"]:
-        import tempfile  # only when fs:temp is declared: importing it costs a few ms
-
-        tempfile.tempdir = execute["temp_dir"]
-        os.environ["TMPDIR"] = execute["temp_dir"]
-    if _capture is not None:
-        _capture[0].attach(channel.log)
+    context = _execution_context(channel, execute, started)
 
     ok, value = _run_direct(controller_cls, load_error, context, execute["input"], channel)
 

@@ -276,3 +276,25 @@ pub const DROP_UNUSED_CONTROLLER_ROLES: &str = "DO $$ DECLARE r text; BEGIN \
       BEGIN EXECUTE format('DROP ROLE %I', r); \
       EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END; \
     END LOOP; END $$";
+
+/// Deploy `examples/controllers/hostile/<name>` through the CLI (panics with its output).
+pub fn deploy_hostile(server: &Server, name: &str) {
+    let dir = repo_root().join("examples/controllers/hostile").join(name);
+    let out = server.cli(&["deploy", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "deploy {name}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Is this process root (process mode needs it)? Says "skipped" when not.
+pub fn is_root() -> bool {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: process mode needs root");
+        return false;
+    }
+    true
+}
