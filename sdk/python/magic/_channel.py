@@ -55,17 +55,7 @@ class Channel:
 
     async def call(self, capability: str, op: str, args: Dict[str, Any]) -> Any:
         """Send one ``call`` frame and wait for its ``reply``; raise its error if it failed."""
-        if self._lost is not None:
-            raise RuntimeDisconnected(str(self._lost))
-        if self._finished:
-            raise RuntimeDisconnected("the execution has already returned its result")
-        call_id = self._next_id
-        frame = {"type": "call", "id": call_id, "capability": capability, "op": op, "args": args}
-        try:
-            data = _protocol.encode_frame(frame)
-        except _protocol.EncodeError as exc:
-            raise TypeError("arguments of %s.%s cannot be sent: %s" % (capability, op, exc)) from None
-        self._next_id += 1
+        call_id, data = _call_frame(self, capability, op, args)
         future = self._loop.create_future()
         # The id stays known until its reply arrives, even if the caller stops waiting.
         self._pending[call_id] = future
@@ -279,17 +269,7 @@ class DirectChannel:
         """Send one ``call`` frame and wait (blocking) for its ``reply``; raise its error if it failed."""
         if self.violation is not None:
             raise ProtocolAbort(self.violation)
-        if self._lost is not None:
-            raise RuntimeDisconnected(str(self._lost))
-        if self._finished:
-            raise RuntimeDisconnected("the execution has already returned its result")
-        call_id = self._next_id
-        frame = {"type": "call", "id": call_id, "capability": capability, "op": op, "args": args}
-        try:
-            data = _protocol.encode_frame(frame)
-        except _protocol.EncodeError as exc:
-            raise TypeError("arguments of %s.%s cannot be sent: %s" % (capability, op, exc)) from None
-        self._next_id += 1
+        call_id, data = _call_frame(self, capability, op, args)
         try:
             self._send(data)
         except OSError as exc:
@@ -364,3 +344,20 @@ class DirectChannel:
             except OSError:
                 return False
         return True
+
+
+def _call_frame(channel: Any, capability: str, op: str, args: Dict[str, Any]) -> Tuple[int, bytes]:
+    """The next ``call`` frame of `channel` (its id and encoded bytes); refuses once the
+    runtime is gone or the execution has returned, and arguments that cannot be sent."""
+    if channel._lost is not None:
+        raise RuntimeDisconnected(str(channel._lost))
+    if channel._finished:
+        raise RuntimeDisconnected("the execution has already returned its result")
+    call_id = channel._next_id
+    frame = {"type": "call", "id": call_id, "capability": capability, "op": op, "args": args}
+    try:
+        data = _protocol.encode_frame(frame)
+    except _protocol.EncodeError as exc:
+        raise TypeError("arguments of %s.%s cannot be sent: %s" % (capability, op, exc)) from None
+    channel._next_id += 1
+    return call_id, data
