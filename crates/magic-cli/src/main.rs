@@ -1157,6 +1157,7 @@ fn doctor() -> ExitCode {
         };
         println!("{mark}  {:<28} {}", l.name, l.detail);
     }
+    println!("{}", wasm_engine_line());
     match magic_sandbox_missing(&layers) {
         Some(m) => {
             println!(
@@ -1169,6 +1170,34 @@ fn doctor() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Whether WASM controllers can run here: the engine started with the configured pool (as
+/// `serve` would, compiling into a throwaway cache dir), or why not. Informational: WASM is
+/// not required for process mode.
+fn wasm_engine_line() -> String {
+    let slots = std::env::var("MAGIC_WASM_MAX_INSTANCES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(magic_runtime::wasm::DEFAULT_MAX_INSTANCES);
+    let dir = std::env::temp_dir().join(format!("magic-doctor-wasm-{}", std::process::id()));
+    let mode = magic_runtime::wasm::WasmMode::new(dir.clone(), slots);
+    let line = match mode.engine() {
+        Ok(engine) if engine.pooling() => format!(
+            "active   {:<28} wasmtime, pooling allocator with {slots} instance slots",
+            "wasm engine"
+        ),
+        Ok(_) => format!(
+            "active   {:<28} wasmtime, on-demand allocation (the host refused the pool's address-space reservation for {slots} slots)",
+            "wasm engine"
+        ),
+        Err(e) => format!(
+            "unused   {:<28} WASM controllers cannot run here: {}",
+            "wasm engine", e.message
+        ),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    line
 }
 
 /// `magic doctor --production`: the hardening checklist, one line per item.

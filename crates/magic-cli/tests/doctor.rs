@@ -127,3 +127,26 @@ fn production_checklist() {
     assert_eq!(code, 1);
     assert!(stderr.contains("master key"), "{stderr}");
 }
+
+/// Plain `magic doctor` lists the isolation layers and whether WASM controllers can run, with
+/// the configured instance pool.
+#[test]
+fn doctor_reports_the_wasm_engine() {
+    let out = Command::new(common::magic_bin())
+        .arg("doctor")
+        .env("MAGIC_WASM_MAX_INSTANCES", "7")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("wasm engine"))
+        .unwrap_or_else(|| panic!("no wasm engine line in:\n{text}"));
+    assert!(line.starts_with("active"), "{line}");
+    // Pooled, or on-demand where the host refuses the reservation: the configured size either way.
+    assert!(
+        line.contains("7 instance slots") || line.contains("for 7 slots"),
+        "{line}"
+    );
+    assert!(text.contains("process mode:"), "{text}");
+}
