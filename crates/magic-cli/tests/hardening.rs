@@ -243,6 +243,43 @@ fn bad_security_settings_refuse_to_start_naming_the_setting() {
             "MAGIC_MTLS_ROLES",
         ),
         (&[("MAGIC_SHUTDOWN_GRACE", "soon")], "MAGIC_SHUTDOWN_GRACE"),
+        (
+            &[("MAGIC_AUTH_FAILURE_LIMIT", "lots")],
+            "MAGIC_AUTH_FAILURE_LIMIT",
+        ),
+        (
+            &[("MAGIC_TRUSTED_PROXIES", "nginx.local")],
+            "MAGIC_TRUSTED_PROXIES",
+        ),
+        (
+            &[
+                ("JWT_JWKS_URL", "http://127.0.0.1:9/jwks"),
+                ("OIDC_ISSUER", "http://127.0.0.1:9"),
+                ("JWT_AUDIENCE", "magic"),
+            ],
+            "JWT_JWKS_URL",
+        ),
+        (
+            &[
+                ("JWT_JWKS_URL", "http://127.0.0.1:9/jwks"),
+                ("JWT_AUDIENCE", "magic"),
+                ("JWT_ROLE_MAP", "ops-team=wizard"),
+            ],
+            "JWT_ROLE_MAP",
+        ),
+        (
+            &[
+                ("JWT_JWKS_URL", "http://127.0.0.1:9/jwks"),
+                ("JWT_AUDIENCE", "magic"),
+                ("JWT_JWKS_MIN_REFRESH", "often"),
+            ],
+            "JWT_JWKS_MIN_REFRESH",
+        ),
+        (&[("AUDIT_LOG_ENABLED", "false")], "AUDIT_LOG_ENABLED"),
+        (
+            &[("MAGIC_WASM_MAX_INSTANCES", "5000")],
+            "MAGIC_WASM_MAX_INSTANCES",
+        ),
     ];
     for (i, (env, needle)) in cases.iter().enumerate() {
         let mut cmd = std::process::Command::new(common::magic_bin());

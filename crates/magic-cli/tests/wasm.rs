@@ -329,8 +329,19 @@ async fn compiled_code_is_loaded_from_the_cache_after_a_restart() {
     let server = Server::start_in(&data, &[]);
     assert!(server.wait_log(&["wasm_cache_hit"]).is_some());
     assert!(server.wait_log(&["versions_warmed"]).is_some());
-    let (status, _, body) = server.post("/api/execute/WasmHello", "{}").await;
-    assert_eq!(status, 200, "{body}");
+    for _ in 0..3 {
+        let (status, _, body) = server.post("/api/execute/WasmHello", "{}").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Prepared once per version, not per execution.
+    let hits = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("wasm_cache_hit"))
+        .count();
+    assert_eq!(hits, 1, "the version is prepared once");
     assert!(!server
         .logs
         .lock()

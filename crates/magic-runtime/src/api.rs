@@ -619,7 +619,7 @@ impl Runtime {
         }
         let duration_ms = (duration.as_secs_f64() * 1e6).round() / 1e3;
         let used_json = serde_json::to_string(&used).unwrap_or_default();
-        let version_str = deployed.version.to_string();
+        let version_str = deployed.version_text.clone();
         match &result {
             Ok(_) => tracing::info!(
                 controller = name, version = %version_str, request_id, trace_id = %trace.trace_id, event = "execution_completed",

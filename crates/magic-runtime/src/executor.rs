@@ -272,7 +272,7 @@ impl Executor {
             let ctx = ExecutionContext {
                 request_id: request_id.to_string(),
                 controller: version.name.clone(),
-                version: version.version.to_string(),
+                version: version.version_text.clone(),
                 contract: version.contract.clone(),
                 deadline,
                 temp_dir: None,
@@ -401,18 +401,17 @@ impl Executor {
         let ctx = Arc::new(ExecutionContext {
             request_id: request_id.to_string(),
             controller: version.name.clone(),
-            version: version.version.to_string(),
+            version: version.version_text.clone(),
             contract: version.contract.clone(),
             deadline,
             temp_dir: temp_dir.map(Path::to_path_buf),
             traceparent: traceparent.map(str::to_string),
             start: Some(start),
         });
-        let version_str = version.version.to_string();
         let execute = ToWorker::Execute {
             request_id,
             controller: &version.name,
-            version: &version_str,
+            version: &version.version_text,
             input,
             timeout_ms: timeout.as_millis() as u64,
             temp_dir: temp_dir.and_then(|p| p.to_str()),

@@ -164,7 +164,7 @@ pub fn audit_event(
         event: event.to_string(),
         request_id: Some(request_id.to_string()),
         controller: version.map(|v| v.name.clone()),
-        version: version.map(|v| v.version.to_string()),
+        version: version.map(|v| v.version_text.clone()),
         actor: actor.map(str::to_string),
         details: serde_json::json!({}),
         ..AuditEvent::default()

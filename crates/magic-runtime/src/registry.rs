@@ -49,6 +49,8 @@ pub struct DeployedVersion {
     pub name: String,
     /// Version.
     pub version: semver::Version,
+    /// `version` as text, formatted once (requests, logs and audit records carry it).
+    pub version_text: String,
     /// SHA-256 of the package (`sha256:…`).
     pub digest: String,
     /// Python or WASM.
@@ -67,6 +69,9 @@ pub struct DeployedVersion {
     /// the life of the process and a version never changes, so it is judged once, at the
     /// version's first execution, not on every request.
     pub policy_verdict: std::sync::OnceLock<Option<ApiError>>,
+    /// A WASM version's compiled and pre-linked controller, prepared once (at deploy, at
+    /// start or at its first execution) and kept as long as the version is.
+    pub wasm: std::sync::OnceLock<Arc<magic_wasm::Controller>>,
 }
 
 /// A controller: its versions, the active one, and its concurrency limit.
@@ -503,6 +508,7 @@ impl Registry {
         Ok(DeployedVersion {
             name: contract.name.clone(),
             version: contract.version.clone(),
+            version_text: contract.version.to_string(),
             digest: digest.to_string(),
             kind,
             compiled,
@@ -511,6 +517,7 @@ impl Registry {
             deployed_at,
             deployed_by,
             policy_verdict: std::sync::OnceLock::new(),
+            wasm: std::sync::OnceLock::new(),
         })
     }
 

@@ -338,7 +338,7 @@ impl ProcessMode {
     }
 
     fn pool(&self, v: &DeployedVersion) -> Arc<Pool> {
-        let key = (v.name.clone(), v.version.to_string());
+        let key = (v.name.clone(), v.version_text.clone());
         match self.pools.lock() {
             Ok(mut pools) => pools.entry(key).or_default().clone(),
             Err(_) => Arc::new(Pool::default()),

@@ -1,13 +1,13 @@
 //! Running WASM controllers (`controller.wasm`, docs/wasm.md) through the executor.
 //!
 //! Owns: the process's [`magic_wasm::Engine`] (started at the first WASM version, so a runtime
-//! without WASM controllers reserves nothing), the prepared controller of each deployed WASM
-//! version, and the [`magic_wasm::Host`] that answers an execution's imports with the same
+//! without WASM controllers reserves nothing), preparing each deployed WASM version (kept on the
+//! version itself, [`DeployedVersion::wasm`]), and the [`magic_wasm::Host`] that answers an execution's imports with the same
 //! broker, accounting, logs and metrics as the executor's worker frames. Must never: answer a
 //! capability call any other way than `CapabilityBroker::call`, or keep an instance after its
 //! execution.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -29,12 +29,11 @@ pub const DEFAULT_MAX_INSTANCES: u32 = 128;
 /// memory plus guard pages, and x86-64 user space is 128 TiB.
 pub const MAX_MAX_INSTANCES: u32 = 4096;
 
-/// The engine and the prepared versions.
+/// The engine.
 pub struct WasmMode {
     cache_dir: PathBuf,
     max_instances: u32,
     engine: OnceLock<Result<Arc<Engine>, String>>,
-    prepared: Mutex<HashMap<String, Arc<Controller>>>,
 }
 
 impl WasmMode {
@@ -45,7 +44,6 @@ impl WasmMode {
             cache_dir,
             max_instances,
             engine: OnceLock::new(),
-            prepared: Mutex::new(HashMap::new()),
         }
     }
 
@@ -64,15 +62,11 @@ impl WasmMode {
             .map_err(|e| ApiError::new(ErrorCode::SandboxUnavailable, e))
     }
 
-    fn key(version: &DeployedVersion) -> String {
-        format!("{}@{}#{}", version.name, version.version, version.digest)
-    }
-
-    /// Compile (or load from the disk cache) and pre-link `version`'s `controller.wasm`.
+    /// Compile (or load from the disk cache) and pre-link `version`'s `controller.wasm`, once
+    /// per version: later calls return the kept controller.
     pub fn prepare(&self, version: &DeployedVersion) -> Result<Arc<Controller>, ApiError> {
-        let key = Self::key(version);
-        if let Some(c) = self.prepared.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(c);
+        if let Some(c) = version.wasm.get() {
+            return Ok(c.clone());
         }
         let engine = self.engine()?;
         let path = version.package_dir.join("controller.wasm");
@@ -87,10 +81,9 @@ impl WasmMode {
                 .prepare(&bytes)
                 .map_err(|e| ApiError::new(e.code(), e.to_string()))?,
         );
-        if let Ok(mut m) = self.prepared.lock() {
-            m.insert(key, controller.clone());
-        }
-        Ok(controller)
+        // Two first executions may race: both are prepared, one is kept (errors are not, so a
+        // version whose engine was unavailable is tried again).
+        Ok(version.wasm.get_or_init(|| controller).clone())
     }
 
     /// Run one execution of `version` in a fresh instance.
