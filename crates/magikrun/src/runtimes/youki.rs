@@ -17,6 +17,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+/// libcontainer's `start` moves the whole process into the container's state dir (to reach the
+/// notify socket by a short name) and back. Two starts at once, or a fork between the moves,
+/// could leave the process, or a create helper, in another container's directory, which is
+/// removed later (seen: "failed to get cwd" from later creates). Held around every start and
+/// every helper fork.
+static PROCESS_CWD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 use async_trait::async_trait;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus as LcStatus};
@@ -222,10 +229,14 @@ impl YoukiRuntime {
         let own_group = self.stdio == StdioMode::Capture;
         let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(backend)?;
 
+        // The helper inherits the working directory: never fork while a start has moved it.
+        let cwd_guard = PROCESS_CWD.lock();
         // SAFETY: the child only runs libcontainer's create (allocation is safe after fork:
         // glibc resets malloc locks in its atfork handlers), writes one message to the pipe and
         // leaves with _exit, never returning into the caller's stack or runtime.
-        match unsafe { fork() }.map_err(backend)? {
+        let forked = unsafe { fork() }.map_err(backend);
+        drop(cwd_guard);
+        match forked? {
             ForkResult::Child => {
                 drop(rd);
                 if own_group {
@@ -427,6 +438,7 @@ impl OciRuntime for YoukiRuntime {
         let dir = self.root.join(id);
         let task = tokio::task::spawn_blocking(move || {
             let mut c = load_container(dir)?;
+            let _cwd = PROCESS_CWD.lock();
             c.start().map_err(backend)
         });
         match tokio::time::timeout(self.timeout, task).await {
